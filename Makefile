@@ -1,0 +1,42 @@
+# Two commands for a fresh machine (Python 3.11 only):  make demo   and   make test
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export DAGSTER_HOME ?= $(abspath .dagster_home)
+
+.PHONY: install demo test test-fast ui bench lock clean
+
+# The venv is (re)built when pyproject.toml or the lock changes.
+$(BIN)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+## The main job: the whole pipeline on MovieLens-100K (embedded default), then the results table.
+demo: install
+	$(BIN)/dvc repro
+	$(BIN)/slmrec report --params params.yaml
+
+## The tests (CI runs this through .ci/run).
+test: install
+	$(BIN)/pytest -q -p no:cacheprovider
+
+## Dagster UI on http://localhost:3000
+ui: install
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster dev -m orchestration.definitions -h 127.0.0.1 -p 3000
+
+bench: install
+	$(BIN)/python bench/bench_data.py
+
+## Refresh the pinned dependency set after editing pyproject.toml.
+lock:
+	$(BIN)/pip freeze --exclude-editable | sed -e 's/^torch==\(.*\)+cpu/torch==\1/' > requirements.lock
+
+clean:
+	rm -rf data models results/cache .dagster_home

@@ -1,0 +1,156 @@
+"""Typed configuration. `params.yaml` is the one source of values; every default says why.
+
+Each pipeline stage reads its own group of `params.yaml` (DVC's convention):
+
+    cfg = load_params("params.yaml")      # -> Params
+    cfg.sequences.min_rating
+
+Unknown keys are an error (a typo in params.yaml must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+
+@dataclass
+class DataConfig:
+    """Where the raw logs are and how to read them (`slmrec ingest`)."""
+
+    format: str = "recbole"  # reader name: recbole | seqtxt | amazon-json | usermap-json | events
+    path: str = "data/raw/ml-100k/ml-100k.inter"  # the embedded default (fetched from the recbole wheel)
+    items: str | None = "data/raw/ml-100k/ml-100k.item"  # optional item/metadata file
+    db: str = "data/warehouse.duckdb"  # one DuckDB file per dataset: the operational store
+    # `events` format only: canonical column -> column name in the file
+    column_map: dict[str, str] = field(default_factory=dict)
+    landing_dir: str = "data/landing"  # daily files for the partitioned landing asset (events format)
+    landing_format: str = "events"
+
+
+@dataclass
+class SequenceConfig:
+    """Interactions -> per-user sequences -> leave-one-out splits (`slmrec sequences`)."""
+
+    min_rating: float | None = None  # implicit feedback: every rating counts as an interaction (SASRec/SLMRec practice)
+    event_types: list[str] | None = None  # keep only these events (None = all)
+    k_core: int = 5  # iterative 5-core, the standard filter of the paper's Amazon datasets
+    max_len: int | None = None  # keep only the last max_len+2 items per user (None = keep all; models truncate)
+    out_dir: str = "data/splits"
+
+
+@dataclass
+class SASRecConfig:
+    """SASRec baseline; its item table is the frozen item embedding of the LLM models."""
+
+    hidden: int = 64  # = d_id; the paper's item embeddings are 64-128 wide
+    layers: int = 2  # SASRec paper default
+    heads: int = 1
+    dropout: float = 0.2  # SASRec's ML-1M setting; sparse Amazon data likes 0.5
+    max_len: int = 50  # ML-100K/Amazon histories: 50 covers the median user many times over
+    loss: str = "ce"  # ce (all items) | bce (one sampled negative per position)
+
+
+@dataclass
+class LLMRecConfig:
+    """Teacher/student over a Hugging Face decoder (DESIGN.md §3)."""
+
+    profile: str = "tiny"  # tiny | smol | hf (see slmrec/models/backbones.py)
+    hf_path: str | None = None  # local checkpoint directory for profile=hf
+    teacher_layers: int = 4  # paper: 8 of Llama-2-7B's 32
+    student_layers: int = 2  # paper: 4
+    max_len: int = 30  # L: items of history fed to the LLM (paper: 30-50)
+    objective: str = "all"  # all (every item position predicts its successor) | last (paper: one target per user)
+    lora_r: int = 16
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: list[str] = field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])
+    dtype: str = "auto"  # auto = bf16 on cuda, float32 elsewhere
+    device: str = "auto"  # auto = cuda > mps > cpu
+    instruction: str = "Given the user's purchase history, predict the next item the user will interact with."
+    response: str = "### Response:"
+
+
+@dataclass
+class DistillConfig:
+    """SLMRec block-wise feature distillation (DESIGN.md §3)."""
+
+    blocks: int = 2  # B; paper: 4 (tiny profile has only 2 student layers)
+    lambda_cos: float = 1.0  # λ1 feature direction
+    lambda_norm: float = 0.1  # λ2 feature norm (squared distance divided by hidden size)
+    lambda_ms: float = 1.0  # λ3 multiple supervision heads
+    lambda_kl: float = 0.0  # optional logit KD, off by default (an extension)
+    temperature: float = 2.0
+    cache_teacher: bool = True  # teacher is frozen: compute its block features once when they fit
+
+
+@dataclass
+class TrainConfig:
+    """One loop for every model (slmrec/train)."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3  # the paper's lr for LoRA + maps
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    patience: int = 3  # early stopping on the validation metric, epochs without improvement
+    metric: str = "ndcg@10"  # validation metric that selects the best checkpoint
+    seed: int = 42
+    eval_batch_size: int = 256
+    max_train_seconds: float | None = None  # optional wall-clock budget (CPU demo)
+
+
+@dataclass
+class EvalConfig:
+    """The fixed evaluation protocol (DESIGN.md §4)."""
+
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
+    sampled_negatives: int = 999  # secondary protocol, always labelled "sampled"
+    seed: int = 2025
+    exclude_history: bool = False  # full ranking over all items; padding (id 0) is always excluded
+    bootstrap: int = 1000  # paired-bootstrap resamples for 95% CIs of differences
+
+
+@dataclass
+class Params:
+    data: DataConfig = field(default_factory=DataConfig)
+    sequences: SequenceConfig = field(default_factory=SequenceConfig)
+    sasrec: SASRecConfig = field(default_factory=SASRecConfig)
+    llm: LLMRecConfig = field(default_factory=LLMRecConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    train_sasrec: TrainConfig = field(default_factory=TrainConfig)
+    train_llm: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, batch_size=32))
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def from_dict(cls: type, values: dict[str, Any] | None):
+    """Build dataclass `cls` from a dict, recursing into nested dataclasses; unknown keys raise."""
+    values = dict(values or {})
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown parameter(s) {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = from_dict(hint, value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    return from_dict(Params, raw)
+
+
+def to_dict(obj) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
