@@ -28,8 +28,10 @@ class DataConfig:
     db: str = "data/warehouse.duckdb"  # one DuckDB file per dataset: the operational store
     # `events` format only: canonical column -> column name in the file
     column_map: dict[str, str] = field(default_factory=dict)
-    landing_dir: str = "data/landing"  # daily files for the partitioned landing asset (events format)
+    landing_dir: str = "data/raw/landing"  # daily files for the partitioned landing asset (events format)
     landing_format: str = "events"
+    landing_column_map: dict[str, str] = field(default_factory=dict)  # empty = the file uses canonical names
+    landing_start: str = "1997-09-01"  # first daily partition (ML-100K's logs start 1997-09-20)
 
 
 @dataclass
@@ -104,6 +106,9 @@ class TrainConfig:
     seed: int = 42
     eval_batch_size: int = 256
     max_train_seconds: float | None = None  # optional wall-clock budget (CPU demo)
+    # added (training loop): write last.pt every N optimizer steps too, so a run killed mid-epoch
+    # loses at most N steps (issue 3 item 5); end-of-epoch checkpoints are always written
+    checkpoint_every: int = 200
 
 
 @dataclass

@@ -1,0 +1,40 @@
+"""The landing folder: one file per day, named YYYY-MM-DD.<csv|tsv|parquet|jsonl> (optionally a suffix
+after the date, e.g. 1998-03-01.part2.csv). The date is the daily partition key (never a comma)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import dagster as dg
+
+from slmrec.config import load_params
+from orchestration.pipeline import PROJECT_DIR
+
+LANDING_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2})(?:[._-][^,]*)?\.(csv|tsv|parquet|jsonl|json)(\.gz)?$")
+
+
+def landing_partitions() -> dg.DailyPartitionsDefinition:
+    start = load_params(PROJECT_DIR / "params.yaml").data.landing_start
+    return dg.DailyPartitionsDefinition(start_date=start)
+
+
+def landing_files(landing_dir: Path) -> dict[str, list[Path]]:
+    """{partition key (date): [files]} for every well-named file; other names are ignored (and logged by the sensor)."""
+    by_day: dict[str, list[Path]] = defaultdict(list)
+    if landing_dir.is_dir():
+        for f in sorted(landing_dir.iterdir()):
+            m = LANDING_NAME.match(f.name)
+            if f.is_file() and m:
+                by_day[m.group(1)].append(f)
+    return dict(by_day)
+
+
+def file_fingerprint(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
