@@ -30,6 +30,9 @@ class DataConfig:
     column_map: dict[str, str] = field(default_factory=dict)
     landing_dir: str = "data/raw/landing"  # daily files for the partitioned landing asset (events format)
     landing_format: str = "events"
+    # added (ingestion): where `slmrec ingest --params` writes the Parquet snapshot and where
+    # `slmrec sequences` reads it from, so both stages agree on one path (ARCHITECTURE.md)
+    snapshot_dir: str = "data/interactions"
     landing_column_map: dict[str, str] = field(default_factory=dict)  # empty = the file uses canonical names
     landing_start: str = "1997-09-01"  # first daily partition (ML-100K's logs start 1997-09-20)
 
@@ -55,6 +58,9 @@ class SASRecConfig:
     dropout: float = 0.2  # SASRec's ML-1M setting; sparse Amazon data likes 0.5
     max_len: int = 50  # ML-100K/Amazon histories: 50 covers the median user many times over
     loss: str = "ce"  # ce (all items) | bce (one sampled negative per position)
+    # added (SASRec model): the MLP width and the init scale were implicit
+    inner_size: int = 256  # MLP width; RecBole's default (4 x hidden)
+    init_std: float = 0.02  # normal init of linear/embedding weights (RecBole's initializer_range)
 
 
 @dataclass
@@ -88,6 +94,9 @@ class DistillConfig:
     lambda_kl: float = 0.0  # optional logit KD, off by default (an extension)
     temperature: float = 2.0
     cache_teacher: bool = True  # teacher is frozen: compute its block features once when they fit
+    # added (H4, distiller): memory allowed for the fp16 teacher-feature cache; above it the teacher runs
+    # under no_grad every step. 2 GiB holds ML-100K with `all` at 8 SmolLM2 layers many times over.
+    cache_budget_mb: float = 2048.0
 
 
 @dataclass

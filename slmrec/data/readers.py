@@ -1,0 +1,561 @@
+"""Readers: one per input format (DESIGN.md §5), registered in READERS.
+
+A reader turns a file into *candidate rows* (EVENT_SCHEMA), all values still text:
+one row per event, or one row per line it could not split (its `reason` is already set,
+e.g. `unparseable`). Value checks (empty ids, timestamps, ratings, duplicates) are common
+to every format and live in `slmrec.data.ingest`. A file that cannot be read at all
+(missing, not UTF-8, no valid header, not JSON, a missing mapped column) raises
+FileNotFoundError / ValueError naming the path.
+
+`row_number` is the 1-based physical line (the header is line 1) for the line formats;
+for `usermap-json` it is the 1-based position of the user in the JSON object and for
+Parquet the 1-based row. A line holding many events (seqtxt, usermap-json) gives one
+candidate row per item (`item_pos` 0, 1, ...), so `rows_read` counts events there, and a
+line that cannot be split counts as one row.
+
+An item file (optional) gives an ITEM_SCHEMA table: `categories` and `attributes` are JSON
+text (a list of category names, flattened in order; an object of the other fields).
+Item files are catalogs: a record that cannot be read is an error, not a quarantine row.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import gzip
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+EVENT_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("item_id", pa.string()),
+        ("ts", pa.string()),  # unix s / ms / ISO datetime text, or the position for sequence formats
+        ("rating", pa.string()),
+        ("event", pa.string()),
+        ("row_number", pa.int64()),
+        ("item_pos", pa.int32()),
+        ("raw", pa.string()),  # source text, set by the reader only for rows it rejects
+        ("reason", pa.string()),  # quarantine reason found by the reader (else null)
+    ]
+)
+ITEM_SCHEMA = pa.schema(
+    [("item_id", pa.string()), ("title", pa.string()), ("categories", pa.string()), ("attributes", pa.string())]
+)
+CANONICAL = ("user_id", "item_id", "ts", "rating", "event")  # columns an `events` column map may name
+REQUIRED = ("user_id", "item_id", "ts")
+
+
+@dataclass
+class ReadResult:
+    events: pa.Table  # EVENT_SCHEMA
+    lines: pa.Array | None = None  # lines[row_number - 1] = raw text of that row (None: rebuilt from fields)
+
+
+@dataclass(frozen=True)
+class Reader:
+    read: Callable[[str, dict[str, str]], ReadResult]  # (path, column_map) -> candidate rows
+    read_items: Callable[[str], pa.Table]  # item/metadata file -> ITEM_SCHEMA
+    help: str
+
+
+# ----------------------------------------------------------------------------- text helpers
+
+
+def read_text(path: str) -> str:
+    """Whole file as text; gzip is detected by its magic bytes. Not UTF-8 -> ValueError."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as err:
+            raise ValueError(f"{path}: broken gzip file ({err})") from err
+    if b"\x00" in data:
+        raise ValueError(f"{path}: binary file (NUL bytes), not a text format")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (bad byte at offset {err.start})") from err
+    return text.removeprefix("\ufeff")
+
+
+def split_lines(text: str) -> pa.Array:
+    """Physical lines (without the final newline); lines[i] is line i + 1."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    arr = pa.array(lines, pa.string())
+    if "\r" in text:
+        arr = pc.utf8_rtrim(arr, characters="\r")
+    return arr
+
+
+def _events(n: int, **cols) -> pa.Table:
+    """An EVENT_SCHEMA table of n rows; missing columns are null."""
+    arrays = []
+    for f in EVENT_SCHEMA:
+        col = cols.pop(f.name, None)
+        if col is None:
+            arrays.append(pa.nulls(n, f.type))
+        else:
+            arrays.append(pc.cast(col if isinstance(col, (pa.Array, pa.ChunkedArray)) else pa.array(col), f.type))
+    if cols:
+        raise TypeError(f"unknown event columns {sorted(cols)}")
+    return pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)
+
+
+def _rejects(row_numbers, raws, reason: str) -> pa.Table:
+    n = len(row_numbers)
+    zeros = pa.array(np.zeros(n, np.int32))
+    return _events(n, row_number=row_numbers, item_pos=zeros, raw=raws, reason=pa.array([reason] * n, pa.string()))
+
+
+def _concat(*tables: pa.Table) -> pa.Table:
+    return pa.concat_tables(tables).combine_chunks()
+
+
+def _jdump(value) -> str | None:
+    return None if value in (None, [], {}) else json.dumps(value, ensure_ascii=False)
+
+
+def _items(rows: list[tuple]) -> pa.Table:
+    cols = list(zip(*rows)) if rows else [[], [], [], []]
+    return pa.Table.from_arrays([pa.array(list(c), pa.string()) for c in cols], schema=ITEM_SCHEMA)
+
+
+def _unique(values) -> list[str]:
+    seen: dict[str, None] = {}
+    for v in values:
+        if isinstance(v, str) and v.strip():
+            seen.setdefault(v.strip(), None)
+    return list(seen)
+
+
+# ----------------------------------------------------------------------------- recbole
+
+
+RECBOLE_TYPES = {"token", "token_seq", "float", "float_seq"}
+
+
+def _recbole_header(path: str, line: str) -> list[tuple[str, str]]:
+    cols = []
+    for field in line.split("\t"):
+        name, sep, kind = field.strip().partition(":")
+        if not sep or not name or kind not in RECBOLE_TYPES:
+            raise ValueError(f"{path}: no valid RecBole header (want tab-separated name:type, got {line[:120]!r})")
+        cols.append((name, kind))
+    return cols
+
+
+def read_recbole(path: str, column_map: dict[str, str]) -> ReadResult:
+    """RecBole atomic `.inter`: typed header, then tab-separated rows."""
+    _no_column_map("recbole", column_map)
+    lines = split_lines(read_text(path))
+    if len(lines) == 0:
+        raise ValueError(f"{path}: empty file, no RecBole header")
+    header = _recbole_header(path, lines[0].as_py())
+    names = [name for name, _ in header]
+    for need in ("user_id", "item_id"):
+        if need not in names:
+            raise ValueError(f"{path}: RecBole header has no {need} column (columns: {names})")
+    data = lines[1:]
+    row_numbers = np.arange(2, len(lines) + 1, dtype=np.int64)
+    fields = pc.split_pattern(data, "\t")
+    ok = pc.equal(pc.list_value_length(fields), len(names))
+    good, good_rows = pc.filter(fields, ok), row_numbers[np.asarray(ok, dtype=bool)]
+    col = {name: pc.list_element(good, j) for j, name in enumerate(names)}
+    if "timestamp" in col:
+        ts = col["timestamp"]
+    else:  # no time column: the order of the user's rows in the file
+        users = col["user_id"].to_numpy(zero_copy_only=False)
+        _, inverse = np.unique(users, return_inverse=True)
+        ts = pa.array(_rank_within(inverse), pa.int64())
+    events = _events(
+        len(good),
+        user_id=col["user_id"],
+        item_id=col["item_id"],
+        ts=ts,
+        rating=col.get("rating"),
+        event=col.get("event"),
+        row_number=pa.array(good_rows),
+        item_pos=pa.array(np.zeros(len(good), np.int32)),
+    )
+    bad = np.flatnonzero(~np.asarray(ok, dtype=bool))
+    rejects = _rejects(pa.array(row_numbers[bad]), pc.take(data, pa.array(bad, pa.int64())), "unparseable")
+    return ReadResult(_concat(events, rejects), lines)
+
+
+def _rank_within(groups: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... inside each group id, in array order."""
+    order = np.argsort(groups, kind="stable")
+    sorted_groups = groups[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_groups)) + 1]
+    sizes = np.diff(np.r_[starts, len(groups)])
+    ranks = np.empty(len(groups), np.int64)
+    ranks[order] = np.arange(len(groups)) - np.repeat(starts, sizes)
+    return ranks
+
+
+def read_recbole_items(path: str) -> pa.Table:
+    """RecBole `.item`: item_id, a title column, a token_seq genre column, the rest as attributes."""
+    lines = read_text(path).split("\n")
+    header = _recbole_header(path, lines[0].rstrip("\r"))
+    names = [name for name, _ in header]
+    kinds = dict(header)
+    if "item_id" not in names:
+        raise ValueError(f"{path}: RecBole item header has no item_id column (columns: {names})")
+    title = next((n for n in ("movie_title", "title", "name") if n in names), None)
+    genre = next((n for n in ("class", "genre", "categories", "category") if n in names), None)
+    rows = []
+    for i, line in enumerate(lines[1:], start=2):
+        line = line.rstrip("\r")
+        if not line and i == len(lines):
+            continue  # the final newline
+        values = line.split("\t")
+        if len(values) != len(names):
+            raise ValueError(f"{path}:{i}: expected {len(names)} tab-separated fields, got {len(values)}")
+        rec = dict(zip(names, values))
+        cats = rec[genre].split() if genre and kinds[genre] == "token_seq" else [rec[genre]] if genre else []
+        attrs = {n: v for n, v in rec.items() if n not in ("item_id", title, genre) and v != ""}
+        rows.append((rec["item_id"], rec[title] if title else None, _jdump(_unique(cats)), _jdump(attrs)))
+    return _items(rows)
+
+
+# ----------------------------------------------------------------------------- seqtxt
+
+
+def read_seqtxt(path: str, column_map: dict[str, str]) -> ReadResult:
+    """`user item item ...` per line, oldest first; ts = position in the line (0, 1, ...)."""
+    _no_column_map("seqtxt", column_map)
+    lines = split_lines(read_text(path))
+    row_numbers = np.arange(1, len(lines) + 1, dtype=np.int64)
+    tokens = pc.utf8_split_whitespace(lines)
+    ok = np.asarray(pc.greater_equal(pc.list_value_length(tokens), 2), dtype=bool)
+    good = pc.filter(tokens, pa.array(ok))
+    items = pc.list_slice(good, 1)
+    parent = np.asarray(pc.list_parent_indices(items))  # (E,) line index (in `good`) of each event
+    lengths = np.asarray(pc.list_value_length(items))
+    pos = np.arange(len(parent)) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # (E,)
+    events = _events(
+        len(parent),
+        user_id=pc.take(pc.list_element(good, 0), pa.array(parent)),
+        item_id=pc.list_flatten(items),
+        ts=pa.array(pos),
+        row_number=pa.array(row_numbers[ok][parent]),
+        item_pos=pa.array(pos.astype(np.int32)),
+    )
+    bad = np.flatnonzero(~ok)
+    rejects = _rejects(pa.array(row_numbers[bad]), pc.take(lines, pa.array(bad, pa.int64())), "unparseable")
+    return ReadResult(_concat(events, rejects), lines)
+
+
+def read_item_attributes(path: str) -> pa.Table:
+    """S3-Rec `*_item2attributes.json`: {"item_id": [attribute ids]} -> attributes.attribute_ids."""
+    doc = _load_json(path)
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a JSON object {{item_id: [attribute ids]}}, got {type(doc).__name__}")
+    rows = []
+    for item, attrs in doc.items():
+        if not isinstance(attrs, list):
+            raise ValueError(f"{path}: item {item!r}: attributes must be a list, got {type(attrs).__name__}")
+        rows.append((item, None, None, _jdump({"attribute_ids": attrs})))
+    return _items(rows)
+
+
+# ----------------------------------------------------------------------------- usermap-json
+
+
+def read_usermap(path: str, column_map: dict[str, str]) -> ReadResult:
+    """One JSON object {"user": [item, item, ...]} (oldest first); ts = position."""
+    _no_column_map("usermap-json", column_map)
+    doc = _load_json(path)
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a JSON object {{user: [items]}}, got {type(doc).__name__}")
+    cols: dict[str, list] = {"user_id": [], "item_id": [], "row_number": [], "item_pos": [], "reason": [], "raw": []}
+
+    def add(user, item, row, pos, reason=None, raw=None):
+        for name, value in zip(cols, (user, item, row, pos, reason, raw)):
+            cols[name].append(value)
+
+    raw_lines = []
+    for row, (user, seq) in enumerate(doc.items(), start=1):
+        raw_lines.append(json.dumps({user: seq}, ensure_ascii=False))
+        if not isinstance(seq, list) or not seq:
+            add(user, None, row, 0, "unparseable", raw_lines[-1])
+            continue
+        for pos, item in enumerate(seq):
+            if isinstance(item, (str, int)) and not isinstance(item, bool):
+                add(user, str(item), row, pos)
+            else:  # null -> missing_item later; a list/object/float is no item id
+                add(user, None, row, pos, None if item is None else "unparseable")
+    n = len(cols["user_id"])
+    events = _events(n, ts=pa.array(cols["item_pos"], pa.int64()), **{k: pa.array(v) for k, v in cols.items()})
+    return ReadResult(events, pa.array(raw_lines, pa.string()))
+
+
+CATEGORY_SPLIT = re.compile(r",(?!\s)")  # "A,B, C,D" -> ["A", "B, C", "D"]: a level name may hold ", "
+
+
+def read_usermap_items(path: str) -> pa.Table:
+    """{"item_id": {"title", "description", "brand", "categories": "A,B,C"}}."""
+    doc = _load_json(path)
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a JSON object {{item_id: {{title, ...}}}}, got {type(doc).__name__}")
+    rows = []
+    for item, meta in doc.items():
+        if not isinstance(meta, dict):
+            raise ValueError(f"{path}: item {item!r}: expected an object, got {type(meta).__name__}")
+        cats = meta.get("categories") or ""
+        cats = CATEGORY_SPLIT.split(cats) if isinstance(cats, str) else _flatten(cats)
+        attrs = {k: v for k, v in meta.items() if k not in ("title", "categories") and v not in (None, "")}
+        rows.append((item, meta.get("title") or None, _jdump(_unique(cats)), _jdump(attrs)))
+    return _items(rows)
+
+
+def _load_json(path: str):
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not JSON ({err})") from err
+
+
+def _flatten(value) -> list:
+    if isinstance(value, list):
+        return [x for v in value for x in _flatten(v)]
+    return [value]
+
+
+# ----------------------------------------------------------------------------- JSON lines
+
+
+def _json_lines(path: str, fields: dict[str, str], literal_fallback: bool) -> ReadResult:
+    """JSON objects, one a line; `fields` maps canonical column -> key. Extraction runs in DuckDB."""
+    lines = split_lines(read_text(path))
+    con = duckdb.connect()
+    con.register("src", pa.table({"raw": lines}))
+    valid = np.asarray(con.sql("SELECT coalesce(json_valid(raw), false) FROM src").to_arrow_table().column(0), bool)
+    docs = lines
+    if literal_fallback and not valid.all():  # Amazon 2014 dumps: Python dict literals, not JSON
+        fixed = lines.to_pylist()
+        for i in np.flatnonzero(~valid):
+            fixed[i] = _literal_to_json(fixed[i])
+        docs = pa.array(fixed, pa.string())
+    table = pa.table({"row_number": np.arange(1, len(lines) + 1, dtype=np.int64), "doc": docs})
+    con.register("docs", table)
+    select = ", ".join(f"json_extract_string(j, ${i + 1}) AS {name}" for i, name in enumerate(fields))
+    paths = ['$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"' for key in fields.values()]
+    result = con.sql(
+        f"""
+        WITH v AS (SELECT row_number, CASE WHEN coalesce(json_valid(doc), false) THEN doc END AS j FROM docs)
+        SELECT row_number, {select},
+               CASE WHEN json_type(j) = 'OBJECT' THEN NULL ELSE 'unparseable' END AS reason
+        FROM v ORDER BY row_number
+        """,
+        params=paths,
+    ).to_arrow_table()
+    con.close()
+    reason = result.column("reason")
+    if len(result) and result.column("reason").null_count == 0:
+        raise ValueError(f"{path}: no line is a JSON object: not a JSON-lines file")
+    bad = pc.is_valid(reason)
+    events = _events(
+        len(result),
+        **{name: result.column(name) for name in fields},
+        row_number=result.column("row_number"),
+        item_pos=pa.array(np.zeros(len(result), np.int32)),
+        raw=pc.if_else(bad, lines, pa.nulls(len(lines), pa.string())),
+        reason=reason,
+    )
+    return ReadResult(events, lines)
+
+
+def _literal_to_json(line: str) -> str:
+    """A Python dict literal as JSON text, or the line unchanged when it is not one."""
+    try:
+        value = ast.literal_eval(line)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return line
+    return json.dumps(value, ensure_ascii=False, default=str) if isinstance(value, dict) else line
+
+
+AMAZON_FIELDS = {"user_id": "reviewerID", "item_id": "asin", "rating": "overall", "ts": "unixReviewTime"}
+
+
+def read_amazon(path: str, column_map: dict[str, str]) -> ReadResult:
+    """Amazon 2014/2018 review dumps (JSON lines, gzipped or not)."""
+    _no_column_map("amazon-json", column_map)
+    return _json_lines(path, AMAZON_FIELDS, literal_fallback=True)
+
+
+def read_amazon_meta(path: str) -> pa.Table:
+    """Amazon metadata: 2018 JSON lines or 2014 Python dict literals (ast.literal_eval, never eval)."""
+    rows = []
+    for i, line in enumerate(read_text(path).split("\n"), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            meta = json.loads(line)
+        except json.JSONDecodeError:
+            try:
+                meta = ast.literal_eval(line)
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as err:
+                raise ValueError(f"{path}:{i}: neither JSON nor a Python literal ({err})") from err
+        if not isinstance(meta, dict) or not str(meta.get("asin") or "").strip():
+            raise ValueError(f"{path}:{i}: metadata record without an asin")
+        cats = meta.get("categories") or meta.get("category") or []  # 2014: list of lists; 2018: list
+        attrs = {"brand": meta["brand"]} if meta.get("brand") else {}
+        title = meta.get("title") or None
+        rows.append((str(meta["asin"]).strip(), title, _jdump(_unique(_flatten(cats))), _jdump(attrs)))
+    return _items(rows)
+
+
+# ----------------------------------------------------------------------------- events
+
+
+def resolve_column_map(path: str, columns: list[str], column_map: dict[str, str]) -> dict[str, str]:
+    """canonical -> file column. Empty map: the canonical names that the file has."""
+    unknown = set(column_map) - set(CANONICAL)
+    if unknown:
+        raise ValueError(f"column map: unknown canonical column(s) {sorted(unknown)}; known: {list(CANONICAL)}")
+    mapping = dict(column_map) if column_map else {c: c for c in CANONICAL if c in columns}
+    missing = [c for c in REQUIRED if c not in mapping]
+    if missing:
+        raise ValueError(f"{path}: column map lacks {missing} (give --column-map user_id=...,item_id=...,ts=...)")
+    absent = [f for f in mapping.values() if f not in columns]
+    if absent:
+        raise ValueError(f"{path}: column(s) {absent} not in the file (columns: {columns})")
+    return mapping
+
+
+def _read_delimited(path: str, column_map: dict[str, str], delimiter: str) -> ReadResult:
+    header = _csv_header(path, delimiter)
+    rejects: list[tuple[int, str]] = []
+
+    def on_invalid(row) -> str:  # wrong column count: quarantine, keep going
+        rejects.append((row.number, row.text))
+        return "skip"
+
+    mapping = resolve_column_map(path, header, column_map)
+    try:
+        table = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(use_threads=False),  # single thread: invalid rows get their numbers
+            parse_options=pacsv.ParseOptions(
+                delimiter=delimiter, invalid_row_handler=on_invalid, ignore_empty_lines=False
+            ),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=list(dict.fromkeys(mapping.values())),
+                column_types={c: pa.string() for c in mapping.values()},
+            ),
+        )
+    except (pa.ArrowInvalid, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a readable delimited file ({err})") from err
+    # physical row of each accepted record: the header is row 1, rejected rows are skipped
+    n_total = table.num_rows + len(rejects)
+    taken = np.ones(n_total, bool)
+    taken[[number - 2 for number, _ in rejects]] = False
+    row_numbers = np.arange(2, n_total + 2, dtype=np.int64)[taken]
+    cols = {name: table.column(src) for name, src in mapping.items()}
+    blank = _all_empty(list(cols.values()), table.num_rows)  # an empty line reads as a row of empty fields
+    events = _events(
+        table.num_rows,
+        **cols,
+        row_number=pa.array(row_numbers),
+        item_pos=pa.array(np.zeros(table.num_rows, np.int32)),
+        reason=pc.if_else(blank, pa.scalar("unparseable"), pa.nulls(table.num_rows, pa.string())),
+    )
+    if rejects:
+        numbers, texts = zip(*rejects)
+        events = _concat(events, _rejects(list(numbers), list(texts), "unparseable"))
+    return ReadResult(events)
+
+
+def _csv_header(path: str, delimiter: str) -> list[str]:
+    with open(path, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    with (gzip.open if gz else open)(path, "rt", encoding="utf-8-sig", newline="") as f:
+        try:
+            return next(csv.reader(f, delimiter=delimiter))
+        except StopIteration:
+            raise ValueError(f"{path}: empty file, no header row") from None
+        except (UnicodeDecodeError, csv.Error, OSError) as err:
+            raise ValueError(f"{path}: not a readable delimited file ({err})") from err
+
+
+def _all_empty(columns: list, n: int) -> pa.Array:
+    blank = pa.array(np.ones(n, bool))
+    for col in columns:
+        blank = pc.and_(blank, pc.equal(pc.fill_null(col, ""), ""))
+    return blank
+
+
+def _read_parquet(path: str, column_map: dict[str, str]) -> ReadResult:
+    try:
+        schema = pq.read_schema(path)
+    except pa.ArrowInvalid as err:
+        raise ValueError(f"{path}: not a readable Parquet file ({err})") from err
+    mapping = resolve_column_map(path, schema.names, column_map)
+    table = pq.read_table(path, columns=list(dict.fromkeys(mapping.values())))
+    cols = {name: pc.cast(table.column(src), pa.string()) for name, src in mapping.items()}
+    n = table.num_rows
+    events = _events(n, **cols, row_number=pa.array(np.arange(1, n + 1)), item_pos=pa.array(np.zeros(n, np.int32)))
+    return ReadResult(events)
+
+
+def _read_events_jsonl(path: str, column_map: dict[str, str]) -> ReadResult:
+    if not column_map:
+        column_map = {c: c for c in CANONICAL}  # keys absent from every line read as null
+    resolve_column_map(path, list(column_map.values()), column_map)
+    return _json_lines(path, column_map, literal_fallback=False)
+
+
+EVENT_FILE_KINDS = {
+    ".csv": lambda path, cmap: _read_delimited(path, cmap, ","),
+    ".tsv": lambda path, cmap: _read_delimited(path, cmap, "\t"),
+    ".tab": lambda path, cmap: _read_delimited(path, cmap, "\t"),
+    ".parquet": _read_parquet,
+    ".pq": _read_parquet,
+    ".jsonl": _read_events_jsonl,
+    ".ndjson": _read_events_jsonl,
+    ".json": _read_events_jsonl,
+}
+
+
+def read_events(path: str, column_map: dict[str, str]) -> ReadResult:
+    """Generic event log: CSV/TSV/Parquet/JSONL (by extension; .gz allowed for text) + column map."""
+    name = path.lower().removesuffix(".gz")
+    ext = os.path.splitext(name)[1]
+    if ext not in EVENT_FILE_KINDS:
+        raise ValueError(f"{path}: unknown event file type {ext!r}; known: {sorted(EVENT_FILE_KINDS)}")
+    return EVENT_FILE_KINDS[ext](path, column_map)
+
+
+def _no_column_map(fmt: str, column_map: dict[str, str]) -> None:
+    if column_map:
+        raise ValueError(f"--column-map applies to the events format only, not {fmt}")
+
+
+def _no_items(path: str) -> pa.Table:
+    raise ValueError(f"{path}: the events format takes no item file")
+
+
+READERS: dict[str, Reader] = {
+    "recbole": Reader(read_recbole, read_recbole_items, "RecBole atomic .inter (+ .item)"),
+    "seqtxt": Reader(read_seqtxt, read_item_attributes, "user item item ... per line (+ item2attributes.json)"),
+    "amazon-json": Reader(read_amazon, read_amazon_meta, "Amazon 2014/2018 reviews (+ metadata)"),
+    "usermap-json": Reader(read_usermap, read_usermap_items, '{"user": [items]} (+ item json)'),
+    "events": Reader(read_events, _no_items, "CSV/TSV/Parquet/JSONL event log with a column map"),
+}

@@ -1,0 +1,87 @@
+"""The `ingest` pipeline stage: rebuild the DuckDB store from the raw files, snapshot it, check it.
+
+The store is derived data: `rebuild_store` ingests the configured source (data.path) and then
+every landing file (data.landing_dir, sorted by name) into a *new* DuckDB file, exports the
+deterministic Parquet snapshot, validates the raw-interaction and item contracts, and only then
+swaps the new store in. So a changed or removed raw file can never linger in the snapshot, a
+failed contract leaves the previous store and snapshot untouched, and DVC (which hashes the
+snapshot) and Dagster (which runs this same stage) see the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+
+from data_contracts import require, validate
+from slmrec.config import DataConfig
+from slmrec.data.ingest import export_snapshot, ingest
+from slmrec.lineage import write_card
+
+LANDING_SUFFIXES = (".csv", ".tsv", ".parquet", ".jsonl", ".json", ".csv.gz", ".tsv.gz", ".jsonl.gz")
+
+
+def landing_sources(cfg: DataConfig) -> list[Path]:
+    folder = Path(cfg.landing_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(LANDING_SUFFIXES))
+
+
+def rebuild_store(cfg: DataConfig, snapshot_dir: str) -> dict:
+    """Fresh store + snapshot from data.path (+ items) and the landing files. Returns the stage report."""
+    db = Path(cfg.db)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    tmp_db = db.with_name(f".{db.name}.rebuild")
+    for leftover in (tmp_db, tmp_db.with_name(tmp_db.name + ".wal")):
+        leftover.unlink(missing_ok=True)  # an interrupted earlier rebuild: start over
+
+    reports = [ingest(cfg.format, cfg.path, str(tmp_db), items=cfg.items, column_map=cfg.column_map or None)]
+    for f in landing_sources(cfg):
+        reports.append(ingest(cfg.landing_format, str(f), str(tmp_db), column_map=cfg.landing_column_map or None))
+
+    with duckdb.connect(str(tmp_db), read_only=True) as con:
+        interactions = con.sql("SELECT user_id, item_id, ts, rating, event FROM raw_interactions").df()
+        catalog = con.sql("SELECT * FROM items").df()
+    contracts = {"raw_interactions": validate(interactions, "raw_interactions")}
+    if len(catalog):
+        contracts["items"] = validate(catalog, "items")
+    for result in contracts.values():
+        require(result)  # ContractViolation (a ValueError): readable message, nothing swapped in
+
+    snapshot = export_snapshot(str(tmp_db), snapshot_dir)
+    os.replace(tmp_db, db)
+
+    reasons: dict[str, int] = {}
+    for r in reports:
+        for reason, n in r.quarantine_reasons.items():
+            reasons[reason] = reasons.get(reason, 0) + n
+    report = {
+        "rows_read": sum(r.rows_read for r in reports),
+        "accepted": sum(r.accepted for r in reports),
+        "quarantined": sum(r.quarantined for r in reports),
+        "quarantine_reasons": dict(sorted(reasons.items())),
+        "users": int(interactions["user_id"].nunique()),
+        "items": int(interactions["item_id"].nunique()),
+        "catalog_items": int(len(catalog)),
+        "sources": [
+            {"file": r.source_file, "format": r.format, "batch_id": r.batch_id, "rows_read": r.rows_read,
+             "accepted": r.accepted, "quarantined": r.quarantined}
+            for r in reports
+        ],
+        "contracts": {name: res.success for name, res in contracts.items()},
+        "snapshot": {name: {"rows": v["rows"], "sha256": v["sha256"]} for name, v in snapshot.items()},
+        "db": str(db),
+    }
+    raw_files = [cfg.path] + ([cfg.items] if cfg.items else []) + [str(f) for f in landing_sources(cfg)]
+    write_card(
+        snapshot_dir,
+        "interactions",
+        params={"data": {k: v for k, v in vars(cfg).items()}},
+        parents=raw_files,
+        metrics={k: report[k] for k in ("rows_read", "accepted", "quarantined", "users", "items")},
+        reproducible=True,
+    )
+    return report

@@ -1,0 +1,107 @@
+"""Self-describing checkpoints, written atomically.
+
+A checkpoint is one dict (torch.save, loadable with `weights_only=True`):
+
+    model_class   "package.module.ClassName" of the trained module
+    model_config  model.config_dict(): enough to rebuild the untrained model
+    model_state   model.trainable_state_dict(): only what was trained (frozen parts are rebuilt)
+    train_config  the TrainConfig as a dict
+    step, epoch, batch_in_epoch, best_metric, best_epoch, history, data_hash, extra
+    optimizer, scheduler, rng (torch / cuda / python / numpy), trainer (loop bookkeeping)
+      - these are present in last.pt (resume) and omitted from best.pt (selection)
+
+`ckpt_dir/last.pt` resumes a run; `ckpt_dir/best.pt` is the model selected on validation.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from slmrec.models.base import Recommender
+
+LAST, BEST = "last.pt", "best.pt"
+
+
+def model_class_path(model: torch.nn.Module) -> str:
+    return f"{type(model).__module__}.{type(model).__qualname__}"
+
+
+def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
+    """torch.save to a temp file in the same directory, fsync, then os.replace (never a torn file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    for key in ("model_class", "model_config", "model_state"):
+        if key not in ckpt:
+            raise ValueError(f"{path}: not a slmrec checkpoint (missing {key!r})")
+    return ckpt
+
+
+def build_model(ckpt: dict[str, Any]) -> Recommender:
+    """Rebuild the model a checkpoint describes and load its trained state."""
+    module_name, _, class_name = ckpt["model_class"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    model = cls.from_config_dict(ckpt["model_config"])
+    model.load_trainable_state_dict(ckpt["model_state"])
+    return model
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Recommender:
+    return build_model(load_checkpoint(path, map_location))
+
+
+# --- random number generator states (python/numpy states are stored as plain types: weights_only) ---
+
+
+def get_rng_state() -> dict[str, Any]:
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {
+            "name": np_name,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

@@ -1,0 +1,176 @@
+"""Splits -> fixed-length examples -> batches (the batch format of docs/ARCHITECTURE.md).
+
+    input_ids (B, L)  left-padded with 0, most recent item in the last column
+    targets   (B, L)  next item after each input position (0 = none)
+    target    (B,)    the last target (= targets[:, -1])
+    idx       (B,)    row of the example in its `Examples` (stable: keys the teacher-feature cache)
+
+Training: each user's train sequence s gives input = s[:-1], targets = s[1:]; sequences longer
+than max_len are cut into consecutive windows of max_len counted from the end, so every
+transition is trained exactly once. Users with fewer than 2 train items have no transition:
+they give no example and are listed in `Examples.skipped_users`.
+
+Evaluation: (history, target) -> input = history[-max_len:], targets = (history + [target])
+shifted by one, so `target` is the last column of `targets`. An empty history is a valid
+(cold) user: an all-padding row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+
+@dataclass(eq=False)
+class Examples(Dataset):
+    """A set of fixed-length examples, stored as tensors (N rows)."""
+
+    input_ids: Tensor  # (N, L) long
+    targets: Tensor  # (N, L) long
+    user: Tensor  # (N,) long: the user's row in the split the example came from
+    skipped_users: list[int] = field(default_factory=list)  # users that gave no example (too short)
+
+    def __post_init__(self):
+        n, length = self.input_ids.shape
+        if self.targets.shape != (n, length) or self.user.shape != (n,):
+            raise ValueError(
+                f"Examples: shapes disagree: input_ids {tuple(self.input_ids.shape)}, "
+                f"targets {tuple(self.targets.shape)}, user {tuple(self.user.shape)}"
+            )
+
+    @property
+    def max_len(self) -> int:
+        return self.input_ids.shape[1]
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {
+            "input_ids": self.input_ids[i],
+            "targets": self.targets[i],
+            "target": self.targets[i, -1],
+            "idx": torch.tensor(i, dtype=torch.long),
+        }
+
+    def batch(self, rows: Tensor) -> dict[str, Tensor]:
+        """The batch of the given example rows (fast path: one gather per tensor)."""
+        rows = rows.long()
+        targets = self.targets[rows]  # (B, L)
+        return {"input_ids": self.input_ids[rows], "targets": targets, "target": targets[:, -1], "idx": rows}
+
+    def content_hash(self) -> str:
+        """sha256 over the example tensors: identifies the training data in checkpoints."""
+        h = hashlib.sha256()
+        for t in (self.input_ids, self.targets, self.user):
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+
+def collate(items: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Stack `Examples.__getitem__` dicts into a batch (for a torch DataLoader)."""
+    return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+
+
+def _check_items(seq: Sequence[int], where: str) -> None:
+    for item in seq:
+        if int(item) < 1:
+            raise ValueError(f"{where}: item id {item} < 1 (ids are 1..n_items; 0 is padding)")
+
+
+def _left_pad(rows: list[list[int]], max_len: int) -> Tensor:
+    out = torch.zeros(len(rows), max_len, dtype=torch.long)
+    for r, row in enumerate(rows):
+        if row:
+            out[r, max_len - len(row) :] = torch.tensor(row, dtype=torch.long)
+    return out
+
+
+def make_train_examples(train_seqs: Sequence[Sequence[int]], max_len: int) -> Examples:
+    """Every transition of every user's train sequence, in windows of `max_len` from the end."""
+    if max_len < 1:
+        raise ValueError(f"make_train_examples: max_len must be >= 1, got {max_len}")
+    inputs, targets, users, skipped = [], [], [], []
+    for u, seq in enumerate(train_seqs):
+        seq = [int(i) for i in seq]
+        _check_items(seq, f"train sequence of user row {u}")
+        if len(seq) < 2:
+            skipped.append(u)
+            continue
+        src, dst = seq[:-1], seq[1:]
+        end = len(src)
+        windows = []
+        while end > 0:
+            start = max(0, end - max_len)
+            windows.append((src[start:end], dst[start:end]))
+            end = start
+        for w_src, w_dst in reversed(windows):  # oldest window first
+            inputs.append(w_src)
+            targets.append(w_dst)
+            users.append(u)
+    return Examples(
+        input_ids=_left_pad(inputs, max_len),
+        targets=_left_pad(targets, max_len),
+        user=torch.tensor(users, dtype=torch.long),
+        skipped_users=skipped,
+    )
+
+
+def make_eval_examples(pairs: Sequence[tuple[Sequence[int], int]], max_len: int) -> Examples:
+    """One example per (history, target) pair, in the given order (row i = pair i)."""
+    if max_len < 1:
+        raise ValueError(f"make_eval_examples: max_len must be >= 1, got {max_len}")
+    inputs, targets = [], []
+    for u, (history, target) in enumerate(pairs):
+        history = [int(i) for i in history]
+        _check_items(history + [int(target)], f"evaluation pair {u}")
+        full = history + [int(target)]
+        inputs.append(history[-max_len:])
+        targets.append(full[1:][-max_len:] if history else [int(target)])
+    return Examples(
+        input_ids=_left_pad(inputs, max_len),
+        targets=_left_pad(targets, max_len),
+        user=torch.arange(len(pairs), dtype=torch.long),
+    )
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
+    """The shuffled example order of one epoch: a function of (seed, epoch) only (resume relies on it)."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=gen)
+
+
+def iter_batch_rows(order: Tensor, batch_size: int, start: int = 0) -> Iterator[Tensor]:
+    """The example rows of each batch of `order`, skipping the first `start` batches."""
+    if batch_size < 1:
+        raise ValueError(f"iter_batch_rows: batch_size must be >= 1, got {batch_size}")
+    for b in range(start, num_batches(len(order), batch_size)):
+        yield order[b * batch_size : (b + 1) * batch_size]
+
+
+def iter_batches(examples: Examples, batch_size: int, order: Tensor | None = None, start: int = 0) -> Iterator[dict]:
+    """Batches of `examples` in `order` (default: row order), skipping the first `start` batches."""
+    order = torch.arange(len(examples)) if order is None else order
+    for rows in iter_batch_rows(order, batch_size, start):
+        yield examples.batch(rows)
+
+
+def shard_rows(rows: Tensor, rank: int, world_size: int) -> Tensor:
+    """Rank `rank`'s share of one global batch: rows rank::world_size (may be empty for a short batch)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"shard_rows: rank {rank} is not in [0, {world_size})")
+    return rows[rank::world_size]
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    return (n + batch_size - 1) // batch_size
+
+
+def to_device(batch: dict[str, Tensor], device: torch.device | str) -> dict[str, Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}

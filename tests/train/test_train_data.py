@@ -1,0 +1,70 @@
+from collections import Counter
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from slmrec.train.data import (
+    collate,
+    epoch_order,
+    iter_batches,
+    make_eval_examples,
+    make_train_examples,
+    num_batches,
+)
+
+
+def transitions(examples):
+    """Multiset of (input item, next item) pairs over all real positions."""
+    real = examples.targets != 0
+    return Counter(zip(examples.input_ids[real].tolist(), examples.targets[real].tolist()))
+
+
+def test_train_examples_windows_from_the_end():
+    seqs = [[1, 2, 3, 4], [5], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [7, 8]]
+    ex = make_train_examples(seqs, max_len=4)
+    assert ex.skipped_users == [1]  # a single item has no transition
+    rows = ex.input_ids.tolist()
+    targets = ex.targets.tolist()
+    # user 2 has 9 transitions: windows of 4 from the end -> [1], [2..5], [6..9], oldest first
+    assert rows == [[0, 1, 2, 3], [0, 0, 0, 1], [2, 3, 4, 5], [6, 7, 8, 9], [0, 0, 0, 7]]
+    assert targets == [[0, 2, 3, 4], [0, 0, 0, 2], [3, 4, 5, 6], [7, 8, 9, 10], [0, 0, 0, 8]]
+    assert ex.user.tolist() == [0, 2, 2, 2, 3]
+    # every transition exactly once
+    expected = Counter((a, b) for s in seqs for a, b in zip(s[:-1], s[1:]))
+    assert transitions(ex) == expected
+
+
+def test_eval_examples_align_targets():
+    ex = make_eval_examples([([1, 2, 3, 4, 5], 6), ([], 9), ([4], 2)], max_len=3)
+    assert ex.input_ids.tolist() == [[3, 4, 5], [0, 0, 0], [0, 0, 4]]
+    assert ex.targets.tolist() == [[4, 5, 6], [0, 0, 9], [0, 0, 2]]
+    batch = ex.batch(torch.tensor([2, 0]))
+    assert batch["target"].tolist() == [2, 6]
+    assert batch["idx"].tolist() == [2, 0]
+
+
+def test_bad_ids_and_lengths_are_errors():
+    with pytest.raises(ValueError, match="user row 1"):
+        make_train_examples([[1, 2], [3, 0, 4]], 5)
+    with pytest.raises(ValueError, match="pair 0"):
+        make_eval_examples([([1, 2], 0)], 5)
+    with pytest.raises(ValueError, match="max_len"):
+        make_train_examples([[1, 2]], 0)
+
+
+def test_order_batches_and_collate():
+    ex = make_train_examples([[i, i + 1, i + 2] for i in range(1, 11)], max_len=3)
+    a, b = epoch_order(len(ex), seed=1, epoch=0), epoch_order(len(ex), seed=1, epoch=0)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, epoch_order(len(ex), seed=1, epoch=1))
+    assert sorted(a.tolist()) == list(range(len(ex)))
+    batches = list(iter_batches(ex, 4, a))
+    assert len(batches) == num_batches(10, 4) == 3
+    assert torch.cat([b["idx"] for b in batches]).tolist() == a.tolist()
+    assert [b["idx"].tolist() for b in iter_batches(ex, 4, a, start=2)] == [batches[2]["idx"].tolist()]
+    loaded = next(iter(DataLoader(ex, batch_size=4, collate_fn=collate)))
+    direct = ex.batch(torch.arange(4))
+    assert loaded.keys() == direct.keys()
+    assert all(torch.equal(loaded[k], direct[k]) for k in direct)
+    assert ex.content_hash() == make_train_examples([[i, i + 1, i + 2] for i in range(1, 11)], 3).content_hash()
