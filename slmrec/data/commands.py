@@ -61,6 +61,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     seq.add_argument("--params", default="params.yaml", help="params.yaml (`sequences` group)")
     seq.add_argument("--interactions", help="snapshot folder (default: data.snapshot_dir)")
     seq.add_argument("--out", help="output folder (default: sequences.out_dir)")
+    seq.add_argument("--stats", help="also write stats.json here (a DVC metric)")
     seq.add_argument("--json", action="store_true", help="print one JSON object")
     seq.set_defaults(func=cmd_sequences)
 
@@ -162,12 +163,12 @@ def _rebuild(cfg: DataConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_sequences(args: argparse.Namespace) -> int:
-    from slmrec.data.sequences import build_splits  # lazy: only this command needs it
+    from slmrec.data.stage import sequences_stage  # lazy: pulls in Great Expectations
 
     try:
         params = load_params(args.params)
         cfg = params.sequences if args.out is None else dataclasses.replace(params.sequences, out_dir=args.out)
-        stats = build_splits(args.interactions or params.data.snapshot_dir, cfg).to_dict()
+        stats = sequences_stage(args.interactions or params.data.snapshot_dir, cfg, args.stats)
     except EXPECTED as err:
         return _fail("sequences", err)
     _emit(stats, args.json, [f"{k}: {v}" for k, v in stats.items()])

@@ -103,7 +103,7 @@ def min_rating_filter(table: pa.Table, cfg: SequenceConfig) -> np.ndarray | None
     if cfg.min_rating is None:
         return None
     if "rating" not in table.column_names or table["rating"].null_count == table.num_rows:
-        raise ValueError(f"sequences.min_rating={cfg.min_rating} but the interactions have no ratings (format without ratings?)")
+        raise ValueError(f"sequences.min_rating={cfg.min_rating} but the interactions have no ratings")
     rating = pc.fill_null(table["rating"].cast(pa.float64()), np.nan).to_numpy()
     return rating >= cfg.min_rating
 
@@ -185,7 +185,8 @@ def _check_no_duplicates(table: pa.Table, user: np.ndarray, item: np.ndarray, ts
     dup = np.flatnonzero((sp[1:] == sp[:-1]) & (st[1:] == st[:-1]))
     if len(dup):
         rows = order[dup[:5]]
-        examples = table.take(pa.array(rows)).select(["user_id", "item_id", "ts", "source_file", "row_number"]).to_pylist()
+        columns = ["user_id", "item_id", "ts", "source_file", "row_number"]
+        examples = table.take(pa.array(rows)).select(columns).to_pylist()
         raise ValueError(f"{where}: {len(dup)} duplicate event(s) on (user_id, item_id, ts), e.g. {examples}")
 
 
@@ -211,7 +212,9 @@ class BuiltSplits:
     stats: dict  # SplitStats fields except files/dataset_hash/contracts
 
 
-def make_splits(interactions: pa.Table, items: pa.Table, cfg: SequenceConfig, where: str = "interactions") -> BuiltSplits:
+def make_splits(
+    interactions: pa.Table, items: pa.Table, cfg: SequenceConfig, where: str = "interactions"
+) -> BuiltSplits:
     """Pure: the canonical interactions (+ item titles) -> leave-one-out split tables."""
     _check_columns(interactions, where)
     user, user_ids = _encode(interactions["user_id"])
@@ -220,8 +223,8 @@ def make_splits(interactions: pa.Table, items: pa.Table, cfg: SequenceConfig, wh
     _check_no_duplicates(interactions, user, item, ts, where)
     n_rows = interactions.num_rows
 
-    def distinct(rows: np.ndarray) -> tuple[int, int]:
-        return int(np.count_nonzero(np.bincount(user[rows], minlength=1))), int(np.count_nonzero(np.bincount(item[rows], minlength=1)))
+    def distinct(rows: np.ndarray) -> tuple[int, int]:  # (users, items) among these rows
+        return int(np.count_nonzero(np.bincount(user[rows]))), int(np.count_nonzero(np.bincount(item[rows])))
 
     # 1. filters
     keep = np.ones(n_rows, bool)
@@ -243,7 +246,9 @@ def make_splits(interactions: pa.Table, items: pa.Table, cfg: SequenceConfig, wh
     rows_s = rows_k[~short]
     items_s = distinct(rows_s)[1]
     if not len(rows_s):
-        raise ValueError(f"{where}: no user has >= {MIN_LENGTH} interactions after filters and {cfg.k_core}-core ({n_rows} rows read)")
+        raise ValueError(
+            f"{where}: no user has >= {MIN_LENGTH} interactions after filters and {cfg.k_core}-core ({n_rows} rows read)"
+        )
 
     # 3. users by natural id order; rows chronological with the original row order as tie-break
     present = np.flatnonzero(np.bincount(user[rows_s], minlength=len(user_ids)))  # codes of the kept users
@@ -296,7 +301,9 @@ def make_splits(interactions: pa.Table, items: pa.Table, cfg: SequenceConfig, wh
         "train.parquet": pa.table({"user_idx": user_col, "items": train_lists}),
         "valid.parquet": pa.table({"user_idx": user_col, "history": train_lists, "target": _int32(seq_item[ends - 2])}),
         "test.parquet": pa.table({"user_idx": user_col, "history": test_lists, "target": _int32(seq_item[ends - 1])}),
-        "user_map.parquet": pa.table({"user_idx": user_col, "user_id": user_ids.take(pa.array(ordered_codes)).cast(pa.string())}),
+        "user_map.parquet": pa.table(
+            {"user_idx": user_col, "user_id": user_ids.take(pa.array(ordered_codes)).cast(pa.string())}
+        ),
         "item_map.parquet": pa.table(
             {
                 "item_idx": pa.array(np.arange(1, n_items + 1, dtype=np.int32)),
@@ -441,8 +448,11 @@ def _check_config(cfg: SequenceConfig) -> None:
 # --- reading back ------------------------------------------------------------------------------
 
 
-def read_split_tables(split_dir: str | Path) -> dict[str, pa.Table]:
-    """The split files as Arrow tables keyed like the `splits` contract's frames, after a hash check."""
+def read_split_tables(split_dir: str | Path) -> tuple[dict[str, pa.Table], dict]:
+    """(split files as Arrow tables keyed like the `splits` contract's frames, stats.json), after a hash check.
+
+        tables, stats = read_split_tables("data/splits"); validate(tables, "splits")
+    """
     split_dir = Path(split_dir)
     stats_path = split_dir / "stats.json"
     if not stats_path.is_file():
@@ -453,14 +463,12 @@ def read_split_tables(split_dir: str | Path) -> dict[str, pa.Table]:
         if digest != stats["files"][name]:
             raise ValueError(f"{split_dir / name}: sha256 {digest} differs from stats.json ({stats['files'][name]})")
     tables = {name.removesuffix(".parquet"): pq.read_table(split_dir / name) for name in SPLIT_FILES}
-    tables["stats"] = stats
-    return tables
+    return tables, stats
 
 
 def load_splits(split_dir: str | Path) -> Splits:
     """Load the splits written by build_splits as Python lists (ids checked, hash verified)."""
-    tables = read_split_tables(split_dir)
-    stats = tables.pop("stats")
+    tables, stats = read_split_tables(split_dir)
     n_users, n_items = stats["n_users"], stats["n_items"]
     for name, t in tables.items():
         key = "item_idx" if name == "item_map" else "user_idx"
@@ -472,7 +480,8 @@ def load_splits(split_dir: str | Path) -> Splits:
     valid_target = tables["valid"]["target"].to_numpy()
     train_len = pc.list_value_length(train_items).to_numpy()  # (U,)
     train_flat = pc.list_flatten(train_items).to_numpy()
-    expected = {"valid": (train_len, train_flat), "test": (train_len + 1, np.insert(train_flat, np.cumsum(train_len), valid_target))}
+    test_flat = np.insert(train_flat, np.cumsum(train_len), valid_target)  # each user's valid target appended
+    expected = {"valid": (train_len, train_flat), "test": (train_len + 1, test_flat)}
     for name, (lengths, flat) in expected.items():
         history = tables[name]["history"]
         if not (

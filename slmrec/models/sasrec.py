@@ -115,7 +115,7 @@ class SASRec(Recommender):
             raise ValueError(f"SASRec: n_items must be >= 1, got {n_items}")
         if cfg.loss not in LOSSES:
             raise ValueError(f"SASRec: unknown loss {cfg.loss!r}; known: {sorted(LOSSES)}")
-        self.n_items, self.config = n_items, cfg
+        self.n_items, self.cfg = n_items, cfg
         self.item_emb = nn.Embedding(n_items + 1, cfg.hidden, padding_idx=0)
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.hidden)
         self.emb_dropout = nn.Dropout(cfg.dropout)
@@ -127,7 +127,7 @@ class SASRec(Recommender):
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=self.config.init_std)
+            nn.init.normal_(module.weight, std=self.cfg.init_std)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
@@ -137,10 +137,10 @@ class SASRec(Recommender):
         """States at every position -> (B, L, H); the state at position i predicts the item after it."""
         ids = batch["input_ids"]  # (B, L)
         B, L = ids.shape
-        if L > self.config.max_len:
-            raise ValueError(f"SASRec: input length {L} > max_len {self.config.max_len}")
-        positions = torch.arange(self.config.max_len - L, self.config.max_len, device=ids.device)  # (L,)
-        x = self.item_emb(ids) * math.sqrt(self.config.hidden) + self.pos_emb(positions)  # (B, L, H)
+        if L > self.cfg.max_len:
+            raise ValueError(f"SASRec: input length {L} > max_len {self.cfg.max_len}")
+        positions = torch.arange(self.cfg.max_len - L, self.cfg.max_len, device=ids.device)  # (L,)
+        x = self.item_emb(ids) * math.sqrt(self.cfg.hidden) + self.pos_emb(positions)  # (B, L, H)
         x = self.emb_dropout(x)
         allowed = attention_mask(ids)  # (B, 1, L, L)
         for block in self.blocks:
@@ -156,8 +156,8 @@ class SASRec(Recommender):
         has_target = targets != 0
         if not has_target.any():
             raise ValueError("SASRec.calculate_loss: batch has no target")
-        loss = LOSSES[self.config.loss](states[has_target], targets[has_target], self.item_emb.weight)
-        return LossOutput(loss, {self.config.loss: loss.item()})
+        loss = LOSSES[self.cfg.loss](states[has_target], targets[has_target], self.item_emb.weight)
+        return LossOutput(loss, {self.cfg.loss: loss.item()})
 
     def predict(self, batch: dict[str, Tensor], items: Tensor) -> Tensor:
         u = self.user_state(batch)  # (B, H)
@@ -172,7 +172,7 @@ class SASRec(Recommender):
         return self.item_emb.weight.detach()
 
     def config_dict(self) -> dict:
-        return {"n_items": self.n_items, "sasrec": dataclasses.asdict(self.config)}
+        return {"n_items": self.n_items, "sasrec": dataclasses.asdict(self.cfg)}
 
     @classmethod
     def from_config_dict(cls, config: dict) -> "SASRec":

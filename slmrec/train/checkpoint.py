@@ -7,8 +7,13 @@ A checkpoint is one dict (torch.save, loadable with `weights_only=True`):
     model_state   model.trainable_state_dict(): only what was trained (frozen parts are rebuilt)
     train_config  the TrainConfig as a dict
     step, epoch, batch_in_epoch, best_metric, best_epoch, history, data_hash, extra
+    world_size    number of training processes (1 without torchrun)
     optimizer, scheduler, rng (torch / cuda / python / numpy), trainer (loop bookkeeping)
       - these are present in last.pt (resume) and omitted from best.pt (selection)
+    rng_by_rank   last.pt of a run with world_size > 1: every rank's rng, in rank order
+
+Only rank 0 writes checkpoints; the others receive a resumed last.pt from it (they need no
+access to ckpt_dir).
 
 `ckpt_dir/last.pt` resumes a run; `ckpt_dir/best.pt` is the model selected on validation.
 """

@@ -59,6 +59,7 @@ from slmrec.train.data import Examples, epoch_order, iter_batch_rows, num_batche
 from slmrec.train.distributed import (
     all_gather_object,
     all_reduce_grads,
+    barrier,
     broadcast_object,
     current,
     rank_seed,
@@ -195,6 +196,9 @@ def fit(
     on_step(step): called after every optimizer step (and its checkpoint); tests raise from it
       to simulate a killed run.
     restore_best: on return the model holds best.pt's weights (else the last weights).
+
+    Under torchrun, call it on every rank with the model on that rank's device (DistInfo.device)
+    and the same arguments; every rank returns the same FitResult and weights.
     """
     dist_info = current()  # rank 0 of 1 unless torchrun started a process group
     main = dist_info.is_main
@@ -288,7 +292,8 @@ def fit(
         model.train()
         order = epoch_order(len(train_examples), cfg.seed, st.epoch)  # the same on every rank
         first = st.batch_in_epoch  # > 0 when resuming mid-epoch: those batches are done
-        bar = tqdm(total=n_batches, initial=first, desc=f"epoch {st.epoch + 1}", disable=_progress_disabled() or not main)
+        quiet = _progress_disabled() or not main
+        bar = tqdm(total=n_batches, initial=first, desc=f"epoch {st.epoch + 1}", disable=quiet)
         tick = time.perf_counter()
         for b, rows in enumerate(iter_batch_rows(order, cfg.batch_size, first), first):
             group_start = b - b % cfg.grad_accum
@@ -385,10 +390,10 @@ def fit(
             log(f"stopped ({st.stop_reason}): best {cfg.metric}={st.best_metric:.4f} at epoch {st.best_epoch}")
 
     if restore_best:
-        best = load_checkpoint(ckpt_dir / BEST, map_location="cpu" if dist_info.distributed else device) if main else None
-        model.load_trainable_state_dict(broadcast_object(best["model_state"] if main else None))
-    if dist_info.distributed:
-        torch.distributed.barrier()  # rank 0 has written its last checkpoint when fit() returns anywhere
+        where = "cpu" if dist_info.distributed else device  # pickled CUDA tensors would land on rank 0's GPU
+        best = load_checkpoint(ckpt_dir / BEST, map_location=where)["model_state"] if main else None
+        model.load_trainable_state_dict(broadcast_object(best))
+    barrier()  # W > 1: rank 0 has written its last checkpoint when fit() returns on any rank
     epochs_run = max(1, len(st.history))
     return FitResult(
         best_metric=st.best_metric,

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_contracts import ContractViolation
+from data_contracts import ContractViolation, validate
 from slmrec.config import SequenceConfig
 from slmrec.data import sequences as seq
 from slmrec.data.sequences import SPLIT_FILES, build_splits, k_core, load_splits, natural_order
@@ -36,13 +36,16 @@ def snapshot(path: Path, rows: list[tuple], items: dict[str, str] | None = None,
     )
     pq.write_table(table, path / "interactions.parquet")
     items = items or {}
-    pq.write_table(pa.table({"item_id": pa.array(list(items), pa.string()), "title": pa.array(list(items.values()), pa.string())}), path / "items.parquet")
+    catalog = pa.table({"item_id": pa.array(list(items), pa.string()), "title": pa.array(list(items.values()), pa.string())})
+    pq.write_table(catalog, path / "items.parquet")
     return path
 
 
 # user "10": c@50, b@100 (row 1), a@100 (row 2), d@200 — the two ts=100 events keep file order
 # user "2":  a@10, c@20, d@30
-HAND_ROWS = [("10", "b", 100), ("10", "a", 100), ("10", "c", 50), ("2", "a", 10), ("2", "c", 20), ("2", "d", 30), ("10", "d", 200)]
+HAND_ROWS = [
+    ("10", "b", 100), ("10", "a", 100), ("10", "c", 50), ("2", "a", 10), ("2", "c", 20), ("2", "d", 30), ("10", "d", 200)
+]  # fmt: skip
 
 
 def file_hashes(split_dir: Path) -> dict[str, str]:
@@ -74,7 +77,10 @@ def test_hand_built_example(tmp_path):
     assert (s.n_users, s.n_items) == (2, 4)
     assert stats.n_interactions == 7 and accounted(stats) == 7
     assert stats.length == {"min": 3, "p25": 3.25, "median": 3.5, "p75": 3.75, "p90": 3.9, "max": 4, "mean": 3.5}
-    assert stats.contracts == {"sequences": {"passed": True, "expectations": 22}, "splits": {"passed": True, "expectations": 24}}
+    assert stats.contracts == {
+        "sequences": {"passed": True, "expectations": 22},
+        "splits": {"passed": True, "expectations": 24},
+    }
     on_disk = json.loads((tmp_path / "splits" / "stats.json").read_text())
     assert on_disk == stats.to_dict()
     assert on_disk["dataset_hash"] == s.dataset_hash == seq.dataset_hash(file_hashes(tmp_path / "splits"))
@@ -85,6 +91,9 @@ def test_hand_built_example(tmp_path):
     assert schema.field("user_idx").type == schema.field("target").type == pa.int32()
     assert pa.types.is_list(schema.field("history").type) and schema.field("history").type.value_type == pa.int32()
     assert pq.read_schema(tmp_path / "splits" / "item_map.parquet").names == ["item_idx", "item_id", "title"]
+    # what a Dagster asset check re-runs on the files
+    tables, stats_json = seq.read_split_tables(tmp_path / "splits")
+    assert validate(tables, "splits").success and stats_json == on_disk
 
 
 def test_natural_order():
@@ -152,9 +161,11 @@ def test_event_type_filter(tmp_path):
 
 def test_max_len_keeps_last_max_len_plus_2(tmp_path):
     rows = [("u", f"i{t}", t) for t in range(8)] + [("v", f"i{t}", 10 + t) for t in range(3)]
-    stats = build_splits(snapshot(tmp_path / "snap", rows), SequenceConfig(k_core=0, max_len=2, out_dir=str(tmp_path / "s")))
+    cfg = SequenceConfig(k_core=0, max_len=2, out_dir=str(tmp_path / "s"))
+    stats = build_splits(snapshot(tmp_path / "snap", rows), cfg)
     s = load_splits(tmp_path / "s")
-    assert stats.dropped["truncation"] == {"interactions": 4, "items": 1}  # u loses i0..i3; only i3 is gone (v has i0..i2)
+    # u loses i0..i3; of those only i3 disappears (v has i0..i2)
+    assert stats.dropped["truncation"] == {"interactions": 4, "items": 1}
     assert [s.item_ids[i] for i in s.train[0]] == ["i4", "i5"]
     assert s.test[0][1] == s.item_ids.index("i7")
     assert s.train[1] == [s.item_ids.index("i0")]
@@ -171,8 +182,8 @@ def test_two_builds_give_identical_bytes(tmp_path):
 
 def test_shuffled_input_rows_give_same_splits(tmp_path):
     rng = np.random.default_rng(0)
-    rows = [(f"u{u}", f"i{rng.integers(30)}", int(t)) for u in range(40) for t in rng.choice(1000, size=6, replace=False)]
-    rows = list(dict.fromkeys(rows))  # no duplicate events
+    times = [rng.choice(1000, size=6, replace=False) for _ in range(40)]  # distinct times per user: no duplicates
+    rows = [(f"u{u}", f"i{rng.integers(30)}", int(t)) for u in range(40) for t in times[u]]
     src = snapshot(tmp_path / "snap", rows)
     table = pq.read_table(src / "interactions.parquet")
     shuffled = tmp_path / "shuffled"

@@ -132,7 +132,7 @@ def test_predictions_and_item_table():
 def test_config_round_trip_and_errors():
     model = tiny()
     clone = SASRec.from_config_dict(model.config_dict())
-    assert clone.config == model.config and clone.n_items == model.n_items
+    assert clone.cfg == model.cfg and clone.n_items == model.n_items
     clone.load_trainable_state_dict(model.trainable_state_dict())
     with torch.no_grad():
         batch = batch_of([[1, 2, 3]])

@@ -1,12 +1,13 @@
 """One training process for tests/train/test_ddp.py: run it plainly (one process) or under torchrun.
 
-    python tests/train/ddp_worker.py --out OUT.pt --ckpt-dir DIR [--kill-at-step N]
+    python tests/train/ddp_worker.py --out OUT.pt --ckpt-dir DIR [--model sasrec|llm] [--kill-at-step N]
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/train/ddp_worker.py --out ...
 
-Trains a tiny SASRec (no dropout: runs with different process counts can then agree) on a
-planted pattern (every user walks the items in steps of +1), with a global batch that splits
-unevenly over 2 ranks and a last batch of one row, so one rank has nothing in it. Rank 0 saves
-the final trainable state, the history and the FitResult numbers to --out.
+Trains a tiny SASRec, or the tiny-profile LLM teacher with LoRA (no dropout in either: runs
+with different process counts can then agree) on a planted pattern (every user walks the items
+in steps of +1), with a global batch that splits unevenly over 2 ranks and a last batch of one
+row, so one rank has nothing in it. Rank 0 saves the final trainable state, the history and the
+FitResult numbers to --out.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+import dataclasses
+
 import torch
 
-from slmrec.config import SASRecConfig, TrainConfig
+from slmrec.config import LLMRecConfig, SASRecConfig, TrainConfig
 from slmrec.train.checkpoint import save_atomic
 from slmrec.train.data import make_eval_examples, make_train_examples
 from slmrec.train.distributed import cleanup, init_from_env, train_sasrec
+from slmrec.train.loop import fit
 
 N_ITEMS, MAX_LEN, N_USERS = 30, 8, 25
 MODEL = SASRecConfig(hidden=16, layers=1, heads=1, dropout=0.0, max_len=MAX_LEN, inner_size=32)
@@ -27,6 +31,14 @@ MODEL = SASRecConfig(hidden=16, layers=1, heads=1, dropout=0.0, max_len=MAX_LEN,
 TRAIN = TrainConfig(
     epochs=3, batch_size=7, grad_accum=2, lr=1e-2, warmup_ratio=0.1, patience=0, checkpoint_every=3, seed=7
 )
+
+
+LLM = LLMRecConfig(
+    profile="tiny", teacher_layers=2, max_len=MAX_LEN, objective="all", lora_r=4, lora_alpha=8, lora_dropout=0.0,
+    instruction="Next?", response="=>",
+)
+LLM_TRAIN = dataclasses.replace(TRAIN, epochs=2, lr=3e-3)
+D_ID = 16
 
 
 def planted_data():
@@ -50,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--ckpt-dir", required=True)
+    parser.add_argument("--model", choices=["sasrec", "llm"], default="sasrec")
     parser.add_argument("--kill-at-step", type=int, default=0, help="raise after this optimizer step (0: never)")
     args = parser.parse_args(argv)
 
@@ -61,9 +74,16 @@ def main(argv: list[str] | None = None) -> int:
             raise Killed(f"simulated kill after step {step} on rank {info.rank}")
 
     log = print if info.is_main else (lambda _: None)
-    model, result = train_sasrec(
-        train, valid, N_ITEMS, MODEL, TRAIN, args.ckpt_dir, log=log, on_step=on_step, restore_best=False
-    )
+    common = dict(log=log, on_step=on_step, restore_best=False)
+    if args.model == "sasrec":
+        model, result = train_sasrec(train, valid, N_ITEMS, MODEL, TRAIN, args.ckpt_dir, **common)
+    else:
+        from slmrec.models.llmrec import LLMRec
+
+        table = torch.randn(N_ITEMS + 1, D_ID, generator=torch.Generator().manual_seed(0))  # stands in for SASRec's
+        torch.manual_seed(LLM_TRAIN.seed)  # map + head init; LoRA B starts at 0
+        model = LLMRec.build(LLM, "teacher", table).to(info.device)
+        result = fit(model, train, valid, LLM_TRAIN, args.ckpt_dir, device=info.device, **common)
     if info.is_main:
         save_atomic(
             {

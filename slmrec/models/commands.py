@@ -1,0 +1,130 @@
+"""CLI: `slmrec train {sasrec,teacher,student}`, `slmrec evaluate`, `slmrec report`, `slmrec experiment`.
+
+Exit codes: 0 ok; 2 bad input (message on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from slmrec.config import load_params
+from slmrec.lineage import atomic_write_text
+
+EXPECTED = (ValueError, FileNotFoundError)
+MODEL_NAMES = ("sasrec", "teacher", "student_nokd", "student")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser("train", help="train one model of the chain")
+    train.add_argument("model", choices=("sasrec", "teacher", "student"))
+    train.add_argument("--params", default="params.yaml")
+    train.add_argument("--splits", default="data/splits")
+    train.add_argument("--sasrec", default="models/sasrec", help="SASRec model dir (its item table is frozen input)")
+    train.add_argument("--teacher", help="teacher model dir: distill the student from it (omit = student_nokd)")
+    train.add_argument("--out", required=True, help="model directory to write (model.pt, train.json, card.json)")
+    train.add_argument("--runs", default="runs", help="resumable working checkpoints")
+    train.add_argument("--json", action="store_true")
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="test metrics of trained models (full ranking + sampled, with CIs)")
+    ev.add_argument("--params", default="params.yaml")
+    ev.add_argument("--splits", default="data/splits")
+    ev.add_argument("--model", action="append", required=True, metavar="NAME=DIR", help="repeatable")
+    ev.add_argument("--out", default="results/metrics.json")
+    ev.add_argument("--table", default="results/results.md")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=cmd_evaluate)
+
+    rep = sub.add_parser("report", help="print the results table of the last evaluation")
+    rep.add_argument("--params", default="params.yaml")
+    rep.add_argument("--table", default="results/results.md")
+    rep.set_defaults(func=cmd_report)
+
+    exp = sub.add_parser("experiment", help="the whole chain on one file, outside Dagster/DVC")
+    exp.add_argument("--profile", choices=("tiny", "smol", "hf"), required=True)
+    exp.add_argument("--format", required=True)
+    exp.add_argument("--path", required=True)
+    exp.add_argument("--items")
+    exp.add_argument("--column-map", help="events: user_id=uid,item_id=iid,ts=time")
+    exp.add_argument("--hf-path", help="local HF checkpoint for --profile hf")
+    exp.add_argument("--out", required=True, help="folder for the store, splits, models and results")
+    exp.add_argument("--max-users", type=int, help="keep a deterministic sample of this many users")
+    exp.add_argument("--params", default=None, help="base params.yaml (default: built-in defaults for the profile)")
+    exp.add_argument("--json", action="store_true")
+    exp.set_defaults(func=cmd_experiment)
+
+
+def _fail(command: str, err: BaseException) -> int:
+    print(f"slmrec {command}: error: {err}", file=sys.stderr)
+    return 2
+
+
+def _log_to_stderr(json_mode: bool):
+    return (lambda msg: print(msg, file=sys.stderr, flush=True)) if json_mode else print
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from slmrec.models.stages import train_llm, train_sasrec
+
+    log = _log_to_stderr(args.json)
+    try:
+        params = load_params(args.params)
+        if args.model == "sasrec":
+            summary = train_sasrec(args.splits, params, args.out, args.runs, log=log)
+        else:
+            teacher = args.teacher if args.model == "student" else None
+            summary = train_llm(args.model, args.splits, params, args.out, args.sasrec, teacher, args.runs, log=log)
+    except EXPECTED as err:
+        return _fail("train", err)
+    summary = {k: v for k, v in summary.items() if k != "history"}
+    print(json.dumps(summary) if args.json else
+          f"{summary['model']}: best valid {summary['best_valid']} in {summary['train_seconds']:.1f} s -> {args.out}")
+    return 0
+
+
+def parse_models(specs: list[str]) -> dict[str, str]:
+    models = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--model wants NAME=DIR, got {spec!r}")
+        models[name] = path
+    return models
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from slmrec.models.stages import evaluate_models
+
+    log = _log_to_stderr(args.json)
+    try:
+        summary = evaluate_models(args.splits, load_params(args.params), parse_models(args.model), args.out,
+                                  args.table, log=log)
+    except EXPECTED as err:
+        return _fail("evaluate", err)
+    table = summary.pop("table")
+    print(json.dumps(summary) if args.json else table)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    table = Path(args.table)
+    if not table.exists():
+        return _fail("report", FileNotFoundError(f"{table} missing: run the pipeline first (make demo / dvc repro)"))
+    print(table.read_text())
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from slmrec.experiment import run_experiment
+
+    log = _log_to_stderr(args.json)
+    try:
+        summary = run_experiment(args, log=log)
+    except EXPECTED as err:
+        return _fail("experiment", err)
+    table = summary.pop("table")
+    print(json.dumps(summary) if args.json else table)
+    return 0
