@@ -1,29 +1,34 @@
 """The bridge between Dagster and the DVC pipeline: one pipeline, seen from two sides.
 
 Every heavy or versioned asset materializes by running its DVC stage (`dvc repro --single-item
-STAGE`), whose command is the same `slmrec` CLI a user or CI runs. The stage runs as a Dagster
-Pipes subprocess (locally) so logs stream into the UI; on a cluster the same command runs in a
-pod (see `orchestration/k8s.py`). Afterwards `dvc.lock` holds the content hashes of the stage's
-outputs — the same hash-locked state `dvc repro` alone leaves — and the asset reports them.
+STAGE`), whose command is the same `slmrec` CLI a user or CI runs. Where that command runs is the
+`stage_runner` resource (orchestration/runners.py): a local Dagster Pipes subprocess by default, a
+GPU pod on a cluster. Afterwards `dvc.lock` holds the content hashes of the stage's outputs — the
+same hash-locked state `dvc repro` alone leaves — and the asset reports them.
 """
-
-from __future__ import annotations
 
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import yaml
 
+from orchestration.stage_entry import lock_entry
 from slmrec.config import Params, load_params
 
+if TYPE_CHECKING:
+    from orchestration.runners import StageRunner
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+# Every DVC-stage asset runs in this pool (limit 1, orchestration/dagster.yaml): DVC holds one repo
+# lock at a time, and two GPU stages (teacher, students) must never run at once.
+STAGE_POOL = "dvc_stages"
 
 
 class DvcPipeline(dg.ConfigurableResource):
-    """Runs DVC stages of the project and reads back their locked hashes."""
+    """The project checkout the stages run in: params, paths, the DVC command and dvc.lock."""
 
     project_dir: str = str(PROJECT_DIR)
     params_file: str = "params.yaml"
@@ -47,30 +52,20 @@ class DvcPipeline(dg.ConfigurableResource):
         env.setdefault("SLMREC_NO_TQDM", "1")
         return env
 
-    def repro_command(self, stage: str) -> list[str]:
-        cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
-        return cmd + (["--force"] if self.force else [])
+    def stage_command(self, stage: str, python: str = sys.executable) -> list[str]:
+        """The stage process: `dvc repro --single-item STAGE` wrapped to report over Dagster Pipes."""
+        return [python, "-m", "orchestration.stage_entry", stage] + (["--force"] if self.force else [])
 
-    def run_stage(self, context: dg.AssetExecutionContext, stage: str, pipes: dg.PipesSubprocessClient) -> dict:
-        """Run one DVC stage through Pipes; return {out path: md5} from dvc.lock. Raises on failure."""
-        context.log.info(f"dvc repro --single-item {stage}")
-        pipes.run(context=context, command=self.repro_command(stage), env=self.env(), cwd=str(self.root))
-        return self.locked_outs(stage)
-
-    def run_stage_plain(self, stage: str) -> dict:
-        """Same as run_stage without a Dagster context (sensors, tests)."""
-        subprocess.run(self.repro_command(stage), env=self.env(), cwd=self.root, check=True)
+    def run_stage(self, context: dg.AssetExecutionContext, stage: str, runner: "StageRunner") -> dict[str, str]:
+        """Run one DVC stage with `runner`; return {out path: md5} from dvc.lock."""
+        runner.run(context, self, stage)
         return self.locked_outs(stage)
 
     def locked_outs(self, stage: str) -> dict[str, str]:
-        lock_file = self.root / "dvc.lock"
-        if not lock_file.exists():
-            raise FileNotFoundError(f"{lock_file} missing after running stage {stage!r}")
-        lock = yaml.safe_load(lock_file.read_text())
-        entry = lock.get("stages", {}).get(stage)
-        if entry is None:
-            raise KeyError(f"stage {stage!r} not in dvc.lock")
-        return {out["path"]: out.get("md5", "") for out in entry.get("outs", [])}
+        return {out["path"]: out.get("md5", "") for out in lock_entry(self.root / "dvc.lock", stage).get("outs", [])}
+
+    def locked_deps(self, stage: str) -> dict[str, str]:
+        return {dep["path"]: dep.get("md5", "") for dep in lock_entry(self.root / "dvc.lock", stage).get("deps", [])}
 
 
 def git_commit(root: Path = PROJECT_DIR) -> str:
@@ -78,8 +73,8 @@ def git_commit(root: Path = PROJECT_DIR) -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown (not a git checkout)"
 
 
-def lock_metadata(outs: dict[str, str]) -> dict[str, dg.MetadataValue]:
+def lock_metadata(outs: dict[str, str], root: Path = PROJECT_DIR) -> dict[str, dg.MetadataValue]:
     """dvc.lock hashes as asset metadata: the auditor's link from a Dagster run to DVC."""
     meta = {f"dvc_md5:{path}": dg.MetadataValue.text(md5) for path, md5 in outs.items()}
-    meta["git_commit"] = dg.MetadataValue.text(git_commit())
+    meta["git_commit"] = dg.MetadataValue.text(git_commit(root))
     return meta

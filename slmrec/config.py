@@ -73,6 +73,9 @@ class LLMRecConfig:
     student_layers: int = 2  # paper: 4
     max_len: int = 30  # L: items of history fed to the LLM (paper: 30-50)
     objective: str = "all"  # all (every item position predicts its successor) | last (paper: one target per user)
+    # training windows of max_len items per user, most recent first (None = every window). Each window
+    # costs one LLM forward pass; the paper trains one example per user, i.e. 1.
+    windows_per_user: int | None = None
     lora_r: int = 16
     lora_alpha: int = 16
     lora_dropout: float = 0.05
@@ -131,6 +134,57 @@ class EvalConfig:
     bootstrap: int = 1000  # paired-bootstrap resamples for 95% CIs of differences
 
 
+
+# added (orchestration, issue 4): the promotion gate and the automation around the pipeline.
+@dataclass
+class PromotionConfig:
+    """The gate in front of deployment (orchestration/promotion.py): which model, compared with what."""
+
+    candidate: str = "student"  # the model promoted when its blocking checks pass: the distilled student
+    metrics: list[str] = field(default_factory=lambda: ["ndcg@10", "mrr"])  # test metrics compared (metrics.json)
+    # largest tolerated relative shortfall of the candidate against each baseline before a WARN
+    # (0.0: must not be worse; 0.10: may lose up to 10 %). The paper's student matches the teacher
+    # within a few percent and beats the no-KD student and SASRec.
+    max_regression: dict[str, float] = field(
+        default_factory=lambda: {"student_nokd": 0.0, "teacher": 0.10, "sasrec": 0.0}
+    )
+    # the candidate is broken (ERROR, no promotion) unless it beats a random full ranking's expected
+    # score by this factor on every compared metric: dataset-independent, unlike an absolute floor
+    min_lift_over_random: float = 2.0
+    record: str = "models/promoted.json"  # what deployment reads: path, content hash, metrics, commit, time
+
+
+@dataclass
+class K8sConfig:
+    """Heavy stages as GPU pods (automation.stage_runner: k8s); the pod spec is built in orchestration/runners.py."""
+
+    image: str = ""  # required for k8s: an image with this project installed (same code as the Dagster side)
+    namespace: str = "default"
+    # stages that run in a pod; the others (fetch, ingest, sequences: CPU, DuckDB) stay local
+    stages: list[str] = field(default_factory=lambda: ["sasrec", "teacher", "student_nokd", "student", "evaluate"])
+    gpus: int = 1  # nvidia.com/gpu limit per pod (the paper's 7B teacher fits one 80 GB GPU in bf16)
+    cpu: str = "4"
+    memory: str = "32Gi"
+    # the project checkout (dvc.yaml, params.yaml, data/, models/) on a shared volume, mounted at the
+    # same path as the Dagster run worker's project_dir so both sides see one DVC workspace
+    workspace_claim: str = "slmrec-workspace"
+    workspace_mount: str = "/workspace/slmrec"
+    cache_claim: str = "slmrec-cache"  # backbone weights ($SLMREC_CACHE, default ~/.cache/slmrec locally)
+    cache_mount: str = "/cache/slmrec"
+    node_selector: dict[str, str] = field(default_factory=dict)
+    service_account: str | None = None
+    env: dict[str, str] = field(default_factory=dict)  # extra environment of the stage container
+
+
+@dataclass
+class AutomationConfig:
+    """Schedules, sensors, alerts and where stages run (orchestration/defs/automation)."""
+
+    retrain_cron: str = "0 3 * * 1"  # weekly, Monday 03:00 UTC; the schedule starts stopped (turn on in the UI)
+    alerts_file: str = "results/alerts.jsonl"  # the run-failure sensor appends one JSON line per failed run
+    stage_runner: str = "local"  # local (Pipes subprocess) | k8s (Pipes + a GPU pod per heavy stage)
+    k8s: K8sConfig = field(default_factory=K8sConfig)
+
 @dataclass
 class Params:
     data: DataConfig = field(default_factory=DataConfig)
@@ -141,6 +195,8 @@ class Params:
     train_sasrec: TrainConfig = field(default_factory=TrainConfig)
     train_llm: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, batch_size=32))
     eval: EvalConfig = field(default_factory=EvalConfig)
+    promotion: PromotionConfig = field(default_factory=PromotionConfig)
+    automation: AutomationConfig = field(default_factory=AutomationConfig)
 
 
 def from_dict(cls: type, values: dict[str, Any] | None):

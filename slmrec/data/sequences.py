@@ -36,6 +36,7 @@ from data_contracts import require, validate
 from slmrec.config import SequenceConfig
 
 SPLIT_FILES = ("train.parquet", "valid.parquet", "test.parquet", "user_map.parquet", "item_map.parquet")
+SEQUENCES_FILE = "sequences.parquet"  # not part of dataset_hash: the splits are the dataset
 MIN_LENGTH = 3  # one train item, a validation target and a test target
 # Fixed writer options: the same tables give the same bytes (for a given pyarrow version).
 PARQUET_OPTIONS = dict(
@@ -400,8 +401,11 @@ def write_split_dir(built: BuiltSplits, contracts: dict, out_dir: str | Path) ->
     try:
         for name in SPLIT_FILES:
             pq.write_table(built.tables[name], tmp / name, **PARQUET_OPTIONS)
+        # the time-ordered events behind the splits (the `user_sequences` asset; re-checked by Dagster)
+        pq.write_table(built.sequences, tmp / SEQUENCES_FILE, **PARQUET_OPTIONS)
         files = {name: sha256_file(tmp / name) for name in SPLIT_FILES}
-        stats = {**built.stats, "files": files, "dataset_hash": dataset_hash(files), "contracts": contracts}
+        stats = {**built.stats, "files": files, "dataset_hash": dataset_hash(files), "contracts": contracts,
+                 "sequences_sha256": sha256_file(tmp / SEQUENCES_FILE)}
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
         tmp.chmod(0o755)
         _swap_in(tmp, out)

@@ -35,6 +35,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--model", action="append", required=True, metavar="NAME=DIR", help="repeatable")
     ev.add_argument("--out", default="results/metrics.json")
     ev.add_argument("--table", default="results/results.md")
+    ev.add_argument("--curves", help="folder for per-model validation curves (CSV, DVC plots)")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
 
@@ -101,7 +102,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     log = _log_to_stderr(args.json)
     try:
         summary = evaluate_models(args.splits, load_params(args.params), parse_models(args.model), args.out,
-                                  args.table, log=log)
+                                  args.table, curves_dir=args.curves, log=log)
     except EXPECTED as err:
         return _fail("evaluate", err)
     table = summary.pop("table")

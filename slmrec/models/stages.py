@@ -119,7 +119,7 @@ def train_llm(
 
     splits = load_splits(split_dir)
     cfg, tcfg = params.llm, params.train_llm
-    train = make_train_examples(splits.train, cfg.max_len)
+    train = make_train_examples(splits.train, cfg.max_len, cfg.windows_per_user)
     valid = make_eval_examples(splits.valid, cfg.max_len)
     torch.manual_seed(tcfg.seed)
     table = item_table(sasrec_dir)
@@ -149,6 +149,7 @@ def evaluate_models(
     models: dict[str, str],
     out_json: str,
     out_md: str | None = None,
+    curves_dir: str | None = None,
     log: Callable = print,
 ) -> dict:
     """Full-ranking (+ sampled) test metrics of every model, with paired-bootstrap CIs of differences."""
@@ -191,8 +192,21 @@ def evaluate_models(
     atomic_write_text(out_json, json.dumps(summary, indent=2) + "\n")
     if out_md:
         atomic_write_text(out_md, table)
+    if curves_dir:
+        write_curves(models, Path(curves_dir), params.train_llm.metric)
     summary["table"] = table
     return summary
+
+
+def write_curves(models: dict[str, str], out: Path, metric: str) -> None:
+    """One CSV per model: epoch, validation metric, mean training loss (DVC plots draw one line per file)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, model_dir in models.items():
+        history = json.loads((Path(model_dir) / TRAIN_FILE).read_text())["history"]
+        rows = ["epoch,valid_" + metric + ",train_loss"]
+        rows += [f"{h['epoch']},{h.get('valid/' + metric, float('nan')):.6f},{h.get('train/loss', float('nan')):.6f}"
+                 for h in history]
+        atomic_write_text(out / f"{name}.csv", "\n".join(rows) + "\n")
 
 
 COMPARISONS = [

@@ -92,10 +92,18 @@ def _left_pad(rows: list[list[int]], max_len: int) -> Tensor:
     return out
 
 
-def make_train_examples(train_seqs: Sequence[Sequence[int]], max_len: int) -> Examples:
-    """Every transition of every user's train sequence, in windows of `max_len` from the end."""
+def make_train_examples(
+    train_seqs: Sequence[Sequence[int]], max_len: int, windows_per_user: int | None = None
+) -> Examples:
+    """Every transition of every user's train sequence, in windows of `max_len` from the end.
+
+    windows_per_user=k keeps only each user's k most recent windows (None = all): the LLM
+    models' training budget knob, since a window costs a full LLM forward pass.
+    """
     if max_len < 1:
         raise ValueError(f"make_train_examples: max_len must be >= 1, got {max_len}")
+    if windows_per_user is not None and windows_per_user < 1:
+        raise ValueError(f"make_train_examples: windows_per_user must be >= 1 or None, got {windows_per_user}")
     inputs, targets, users, skipped = [], [], [], []
     for u, seq in enumerate(train_seqs):
         seq = [int(i) for i in seq]
@@ -110,6 +118,7 @@ def make_train_examples(train_seqs: Sequence[Sequence[int]], max_len: int) -> Ex
             start = max(0, end - max_len)
             windows.append((src[start:end], dst[start:end]))
             end = start
+        windows = windows[:windows_per_user]  # most recent first; [:None] keeps all
         for w_src, w_dst in reversed(windows):  # oldest window first
             inputs.append(w_src)
             targets.append(w_dst)

@@ -131,6 +131,9 @@ def default_evaluate_fn(batch_size: int, device: torch.device) -> EvaluateFn:
     return evaluate_fn
 
 
+HEARTBEAT_SECONDS = 30.0  # without a progress bar, log the running loss this often
+
+
 def _progress_disabled() -> bool:
     return bool(os.environ.get("SLMREC_NO_TQDM")) or not sys.stderr.isatty()
 
@@ -294,7 +297,7 @@ def fit(
         first = st.batch_in_epoch  # > 0 when resuming mid-epoch: those batches are done
         quiet = _progress_disabled() or not main
         bar = tqdm(total=n_batches, initial=first, desc=f"epoch {st.epoch + 1}", disable=quiet)
-        tick = time.perf_counter()
+        tick = heartbeat = time.perf_counter()
         for b, rows in enumerate(iter_batch_rows(order, cfg.batch_size, first), first):
             group_start = b - b % cfg.grad_accum
             group_size = min(cfg.grad_accum, n_batches - group_start)  # the epoch's last group may be short
@@ -328,6 +331,11 @@ def fit(
             tick = now
             if main:
                 bar.set_postfix(loss=f"{out.loss.item():.4f}")
+                if quiet and now - heartbeat >= HEARTBEAT_SECONDS:  # no progress bar (DVC, Dagster): a log line
+                    heartbeat = now
+                    log(f"epoch {st.epoch + 1} batch {b + 1}/{n_batches} step {st.step} "
+                        f"loss {st.term_sums.get('loss', 0.0) / max(1, st.term_count):.4f} "
+                        f"({st.train_seconds - st.epoch_start_seconds:.0f} s this epoch)")
             if st.step % cfg.checkpoint_every == 0 and st.batch_in_epoch < n_batches:
                 reduce_terms(st)
                 save(st, LAST, full=True)

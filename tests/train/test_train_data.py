@@ -68,3 +68,16 @@ def test_order_batches_and_collate():
     assert loaded.keys() == direct.keys()
     assert all(torch.equal(loaded[k], direct[k]) for k in direct)
     assert ex.content_hash() == make_train_examples([[i, i + 1, i + 2] for i in range(1, 11)], 3).content_hash()
+
+
+def test_windows_per_user_keeps_the_most_recent_windows():
+    seq = list(range(1, 12))  # 10 transitions; max_len 4 -> windows [7..10], [3..6], [1..2] (from the end)
+    ex = make_train_examples([seq, [5, 6]], max_len=4, windows_per_user=1)
+    assert ex.user.tolist() == [0, 1]
+    assert ex.input_ids[0].tolist() == [7, 8, 9, 10] and ex.targets[0].tolist() == [8, 9, 10, 11]
+    assert ex.input_ids[1].tolist() == [0, 0, 0, 5] and ex.targets[1].tolist() == [0, 0, 0, 6]
+    two = make_train_examples([seq], max_len=4, windows_per_user=2)
+    assert two.input_ids.tolist() == [[3, 4, 5, 6], [7, 8, 9, 10]]  # oldest kept window first
+    assert len(make_train_examples([seq], max_len=4)) == 3
+    with pytest.raises(ValueError, match="windows_per_user"):
+        make_train_examples([seq], max_len=4, windows_per_user=0)

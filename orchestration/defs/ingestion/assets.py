@@ -1,13 +1,12 @@
 """Ingestion: daily landing files and whole-file sources into DuckDB, then a versioned snapshot."""
 
-from __future__ import annotations
-
 import json
 
 import dagster as dg
 
 from orchestration.landing import landing_files, landing_partitions
-from orchestration.pipeline import DvcPipeline, lock_metadata
+from orchestration.pipeline import STAGE_POOL, DvcPipeline, lock_metadata
+from orchestration.runners import StageRunner
 from slmrec.data.ingest import ingest
 
 
@@ -61,12 +60,10 @@ def landing_interactions(context: dg.AssetExecutionContext, pipeline: DvcPipelin
             description="Item titles, genres/categories and attributes (DuckDB `items`).",
         ),
     ],
-    pool="dvc",
+    pool=STAGE_POOL,
 )
-def ingest_stage(
-    context: dg.AssetExecutionContext, pipeline: DvcPipeline, pipes_subprocess_client: dg.PipesSubprocessClient
-):
-    outs = pipeline.run_stage(context, "ingest", pipes_subprocess_client)
+def ingest_stage(context: dg.AssetExecutionContext, pipeline: DvcPipeline, stage_runner: StageRunner):
+    outs = pipeline.run_stage(context, "ingest", stage_runner)
     report = json.loads(pipeline.path("results/ingest.json").read_text())
     yield dg.MaterializeResult(
         asset_key="raw_interactions",
@@ -78,10 +75,13 @@ def ingest_stage(
             "users": dg.MetadataValue.int(report["users"]),
             "items": dg.MetadataValue.int(report["items"]),
             "sources": dg.MetadataValue.json(report.get("sources", [])),
-            **lock_metadata(outs),
+            **lock_metadata(outs, pipeline.root),
         },
     )
     yield dg.MaterializeResult(
         asset_key="item_catalog",
-        metadata={"items_with_metadata": dg.MetadataValue.int(report.get("catalog_items", 0)), **lock_metadata(outs)},
+        metadata={
+            "items_with_metadata": dg.MetadataValue.int(report["catalog_items"]),
+            **lock_metadata(outs, pipeline.root),
+        },
     )

@@ -1,7 +1,5 @@
 """Notice new (or changed) files in the landing folder and request the day's ingestion run."""
 
-from __future__ import annotations
-
 import json
 
 import dagster as dg

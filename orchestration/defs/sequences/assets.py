@@ -1,13 +1,14 @@
 """User sequences and leave-one-out splits (DVC stage `sequences`)."""
 
-from __future__ import annotations
-
 import json
 
 import dagster as dg
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from orchestration.pipeline import DvcPipeline, lock_metadata
-from orchestration.plots import bar_chart
+from orchestration.pipeline import STAGE_POOL, DvcPipeline, lock_metadata
+from orchestration.plots import bar_chart, histogram
+from orchestration.runners import StageRunner
 
 
 @dg.multi_asset(
@@ -29,34 +30,35 @@ from orchestration.plots import bar_chart
             "Hash-locked by DVC (data/splits).",
         ),
     ],
-    pool="dvc",
+    pool=STAGE_POOL,
 )
-def sequences_stage(
-    context: dg.AssetExecutionContext, pipeline: DvcPipeline, pipes_subprocess_client: dg.PipesSubprocessClient
-):
-    outs = pipeline.run_stage(context, "sequences", pipes_subprocess_client)
+def sequences_stage(context: dg.AssetExecutionContext, pipeline: DvcPipeline, stage_runner: StageRunner):
+    outs = pipeline.run_stage(context, "sequences", stage_runner)
     stats = json.loads(pipeline.path("results/data_stats.json").read_text())
-    lengths = stats.get("length_histogram", {})
+    train = pq.read_table(pipeline.path(pipeline.params().sequences.out_dir) / "train.parquet", columns=["items"])
+    train_lengths = pc.list_value_length(train["items"]).to_numpy()  # (U,)
     yield dg.MaterializeResult(
         asset_key="user_sequences",
         metadata={
             "users": dg.MetadataValue.int(stats["n_users"]),
             "items": dg.MetadataValue.int(stats["n_items"]),
             "interactions": dg.MetadataValue.int(stats["n_interactions"]),
-            "length_quantiles": dg.MetadataValue.json(stats.get("length_quantiles", {})),
+            "length_quantiles": dg.MetadataValue.json(stats["length"]),
+            "dropped": dg.MetadataValue.json(stats["dropped"]),
             "length_distribution": dg.MetadataValue.md(
-                bar_chart(list(lengths.items()), "sequence length (items per user)")
+                bar_chart(histogram(train_lengths + 2), "sequence length (items per user, after filters)")
             ),
-            **lock_metadata(outs),
+            **lock_metadata(outs, pipeline.root),
         },
     )
     yield dg.MaterializeResult(
         asset_key="dataset_splits",
         metadata={
             "dataset_hash": dg.MetadataValue.text(stats["dataset_hash"]),
-            "train_interactions": dg.MetadataValue.int(stats.get("n_train_interactions", 0)),
+            "train_interactions": dg.MetadataValue.int(int(train_lengths.sum())),
             "valid_users": dg.MetadataValue.int(stats["n_users"]),
             "test_users": dg.MetadataValue.int(stats["n_users"]),
-            **lock_metadata(outs),
+            "files_sha256": dg.MetadataValue.json(stats["files"]),
+            **lock_metadata(outs, pipeline.root),
         },
     )

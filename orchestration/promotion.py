@@ -1,0 +1,214 @@
+"""The promotion gate as pure functions over the files the model and evaluation stages wrote.
+
+The model asset checks (defs/models/checks.py), the comparison check on `model_evaluation`
+(defs/evaluation/checks.py) and the `promoted_model` asset (defs/deployment/assets.py) all call
+these, so a promotion re-validates exactly what the blocking checks validated:
+
+    weight_scan(models/<m>/model.pt)                 every tensor finite?
+    best_validation(models/<m>/train.json, metric)   a finite validation score for the selected epoch?
+    judge(metrics.json, n_items, cfg.promotion)      ERROR (broken) / WARN (regressed) / pass
+"""
+
+import datetime as dt
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from slmrec.config import Params, PromotionConfig
+from slmrec.train.checkpoint import load_checkpoint
+
+MODELS = ("sasrec", "teacher", "student_nokd", "student")
+
+
+@dataclass
+class WeightScan:
+    tensors: int  # tensors found anywhere in the checkpoint
+    values: int  # their total number of elements
+    nonfinite: dict[str, int]  # tensor path -> count of NaN/inf entries (empty = all finite)
+
+    @property
+    def ok(self) -> bool:
+        return self.tensors > 0 and not self.nonfinite
+
+
+def _tensors(obj, prefix: str = ""):
+    """(path, tensor) for every tensor in nested dicts/lists (model_state, extra, ...)."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{prefix}[{i}]")
+
+
+def weight_scan(model_pt: str | Path) -> WeightScan:
+    """Count non-finite values in every tensor of a slmrec checkpoint (weights_only load)."""
+    ckpt = load_checkpoint(model_pt)
+    tensors, values, bad = 0, 0, {}
+    for name, t in _tensors(ckpt):
+        tensors += 1
+        values += t.numel()
+        if t.is_floating_point() or t.is_complex():
+            n_bad = int((~torch.isfinite(t)).sum())
+            if n_bad:
+                bad[name] = n_bad
+    return WeightScan(tensors, values, bad)
+
+
+def validation_metric_name(params: Params, model: str) -> str:
+    """The metric a model's training selected its checkpoint on (train_sasrec or train_llm .metric)."""
+    return (params.train_sasrec if model == "sasrec" else params.train_llm).metric
+
+
+def best_validation(train_json: str | Path, metric: str) -> dict:
+    """{metric, value, epoch} of the selected checkpoint; ValueError when it is missing or not finite.
+
+    The value must also appear in that epoch's history row (`valid/<metric>`): a best score the
+    history does not back is a broken record.
+    """
+    path = Path(train_json)
+    if not path.is_file():
+        raise ValueError(f"{path} missing: the stage wrote no training record")
+    info = json.loads(path.read_text())
+    best = info.get("best_valid") or {}
+    value, epoch = best.get("metric"), best.get("epoch")
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{path}: best_valid.metric is {value!r}, not a finite number")
+    rows = [h for h in info.get("history", []) if h.get("epoch") == epoch]
+    if not rows or f"valid/{metric}" not in rows[0]:
+        raise ValueError(f"{path}: no history row with valid/{metric} for the selected epoch {epoch!r}")
+    recorded = rows[0][f"valid/{metric}"]
+    if not math.isclose(recorded, value, rel_tol=1e-9, abs_tol=1e-12):
+        raise ValueError(f"{path}: best_valid.metric {value} differs from epoch {epoch}'s valid/{metric} {recorded}")
+    return {"metric": metric, "value": float(value), "epoch": epoch}
+
+
+# Expected score of a uniformly random full ranking: the target's rank is uniform on 1..n.
+def _random_hr(k: int, n: int) -> float:
+    return min(k, n) / n
+
+
+def _random_ndcg(k: int, n: int) -> float:
+    return sum(1.0 / math.log2(r + 1) for r in range(1, min(k, n) + 1)) / n
+
+
+def _random_mrr(k: int | None, n: int) -> float:
+    return sum(1.0 / r for r in range(1, n + 1)) / n
+
+
+RANDOM_EXPECTATION = {"hr": _random_hr, "ndcg": _random_ndcg, "mrr": _random_mrr}
+
+
+def random_expectation(metric: str, n_items: int) -> float:
+    name, _, k = metric.partition("@")
+    if name not in RANDOM_EXPECTATION or (name != "mrr" and not k.isdigit()):
+        raise ValueError(f"promotion: no random baseline for metric {metric!r}; known: hr@k, ndcg@k, mrr")
+    if n_items < 1:
+        raise ValueError(f"promotion: n_items must be >= 1, got {n_items}")
+    return RANDOM_EXPECTATION[name](int(k) if k else None, n_items)
+
+
+@dataclass
+class Verdict:
+    """The candidate against its baselines. errors block promotion; warnings are recorded with it."""
+
+    candidate: str
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)  # one per (baseline, metric): the comparison table
+
+    @property
+    def severity(self) -> str | None:
+        return "ERROR" if self.errors else ("WARN" if self.warnings else None)
+
+    def markdown(self) -> str:
+        lines = ["| baseline | metric | candidate | baseline | ratio | allowed drop | |", "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+        for r in self.rows:
+            mark = "✗ regression" if r["regressed"] else "✓"
+            lines.append(f"| {r['baseline']} | {r['metric']} | {r['candidate_value']:.4f} | {r['baseline_value']:.4f} | "
+                         f"{r['ratio']:.3f} | {r['allowed_drop']:.0%} | {mark} |")
+        return "\n".join(lines)
+
+
+def _metric(models: dict, model: str, metric: str) -> float | None:
+    value = models.get(model, {}).get(metric)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def judge(metrics: dict, n_items: int, cfg: PromotionConfig, dataset_hash: str | None = None) -> Verdict:
+    """Compare cfg.candidate with each baseline of cfg.max_regression on cfg.metrics (test split).
+
+    ERROR: a model or metric missing or not finite, the evaluation made on another dataset, or the
+    candidate not beating a random ranking by cfg.min_lift_over_random. WARN: the candidate more
+    than max_regression[baseline] (relative) below a baseline.
+    """
+    v = Verdict(cfg.candidate)
+    models = metrics.get("models") or {}
+    if dataset_hash is not None and metrics.get("dataset_hash") != dataset_hash:
+        v.errors.append(f"metrics.json evaluates dataset {metrics.get('dataset_hash')!r}, the splits are {dataset_hash!r}")
+    for metric in cfg.metrics:
+        cand = _metric(models, cfg.candidate, metric)
+        if cand is None:
+            v.errors.append(f"{cfg.candidate} {metric} missing or not finite ({models.get(cfg.candidate, {}).get(metric)!r})")
+            continue
+        floor = cfg.min_lift_over_random * random_expectation(metric, n_items)
+        if cand <= floor:
+            v.errors.append(f"{cfg.candidate} {metric} {cand:.4f} <= {cfg.min_lift_over_random}x random ranking "
+                            f"({floor:.4f} over {n_items} items)")
+        for baseline, allowed in cfg.max_regression.items():
+            base = _metric(models, baseline, metric)
+            if base is None:
+                v.errors.append(f"baseline {baseline} {metric} missing or not finite ({models.get(baseline, {}).get(metric)!r})")
+                continue
+            regressed = cand < base * (1.0 - allowed)
+            v.rows.append({"baseline": baseline, "metric": metric, "candidate_value": cand, "baseline_value": base,
+                           "ratio": cand / base if base else math.inf, "allowed_drop": allowed, "regressed": regressed})
+            if regressed:
+                v.warnings.append(f"{cfg.candidate} {metric} {cand:.4f} is more than {allowed:.0%} below "
+                                  f"{baseline} ({base:.4f})")
+    return v
+
+
+def read_evaluation(metrics_json: Path, split_dir: Path) -> tuple[dict, int, str]:
+    """(metrics.json, n_items and dataset_hash of the splits) for `judge`; ValueError when a file is missing."""
+    stats_json = split_dir / "stats.json"
+    for path in (metrics_json, stats_json):
+        if not path.is_file():
+            raise ValueError(f"{path} missing: run the pipeline up to the evaluation first")
+    stats = json.loads(stats_json.read_text())
+    return json.loads(metrics_json.read_text()), int(stats["n_items"]), stats["dataset_hash"]
+
+
+def promotion_record(
+    candidate: str,
+    model_dir: Path,
+    card: dict,
+    dvc_md5: str,
+    metrics: dict,
+    verdict: Verdict,
+    git_commit: str,
+    run_id: str,
+) -> dict:
+    """What deployment reads from models/promoted.json."""
+    return {
+        "model": candidate,
+        "path": str(model_dir),
+        "content_hash": card["content_hash"],
+        "dvc_md5": dvc_md5,
+        "dataset_hash": metrics.get("dataset_hash"),
+        "metrics": {k: v for k, v in metrics["models"][candidate].items() if isinstance(v, (int, float))},
+        "baselines": {
+            name: {r["metric"]: r["baseline_value"] for r in verdict.rows if r["baseline"] == name}
+            for name in sorted({r["baseline"] for r in verdict.rows})
+        },
+        "warnings": verdict.warnings,
+        "protocol": metrics.get("protocol"),
+        "git_commit": git_commit,
+        "dagster_run_id": run_id,
+        "promoted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
