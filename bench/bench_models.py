@@ -1,6 +1,6 @@
 """Model benchmark: SASRec / teacher / student_nokd / student / E4SRec-full, one run, same data, same machine.
 
-    .venv/bin/python bench/bench_models.py --profile smol --splits data/splits --models models --steps 4
+    .venv/bin/python bench/bench_models.py --profile smol --steps 1 --rounds 5 --infer-users 64
 
 Rows
     sasrec             the baseline (its own batch size and max_len from params.yaml)
@@ -26,7 +26,8 @@ How it measures
       median seconds per step x steps per epoch. One untimed warm-up step first (the KD worker also fills
       its teacher cache for those batches).
     * `--rounds` rounds visit the workers in turn (alternating direction), so load from other jobs on a
-      shared machine hits every model alike; tables show the median over rounds (per-round values below).
+      shared machine hits every model alike; tables show the median over rounds, ratios the median of the
+      ratios within each round (paired: both times saw the same minutes), per-round values at the end.
     * Test metrics are not measured here: they come from a trained run, by default results/metrics.json
       after `dvc repro` (shown only where models/<name>/model.pt has the configuration benchmarked), or
       with --train from a quick chain on --max-users users in a temp folder (whose splits are then timed).
@@ -363,7 +364,7 @@ def trained_results(models_dir: Path, metrics_path: Path, configs: dict[str, dic
         if name in metrics:
             row.update({k: metrics[name][k] for k in ("ndcg@10", "hr@10", "mrr")})
         else:
-            row["note"] = f"no {name} in {metrics_path}"
+            row["note"] = f"no {name} in {metrics_path}" if metrics_path.is_file() else f"no {metrics_path}"
         if train_json.is_file():
             info = json.loads(train_json.read_text())
             row.update(pipeline_s_per_epoch=info["seconds_per_epoch"], pipeline_epochs=len(info["history"]))
@@ -469,13 +470,19 @@ def report(args, params, spec, info, rounds, finals, trained, loads, wall_s) -> 
                   + "; ".join(pipeline) + " (its own run, not side by side)."]
 
     def slower(a: str, b: str, phase: str) -> tuple[float | None, str]:
-        """How many times longer `a` takes than `b` (train: s/step; infer: s/user), wall (CPU)."""
-        wall_m, cpu_m = ("s_per_step", "cpu_s_per_step") if phase == "train" else ("users_per_s", "cpu_ms_per_user")
-        wa, wb, ca, cb = get(a, phase, wall_m), get(b, phase, wall_m), get(a, phase, cpu_m), get(b, phase, cpu_m)
-        if None in (wa, wb, ca, cb):
+        """How many times longer `a` takes than `b` (train: per step; infer: per user), paired within each round.
+
+        Each round measures every model within a few minutes, so a's and b's times of one round saw similar
+        load from other jobs: the median of the per-round ratios is steadier than a ratio of medians.
+        """
+        if (a, phase) not in rounds or (b, phase) not in rounds:
             return None, "—"
-        wall = wa / wb if phase == "train" else wb / wa  # users/s is a rate: invert
-        return wall, f"{wall:.2f}× ({ca / cb:.2f}×)"
+        if phase == "train":
+            ratios = [ra["s_per_step"] / rb["s_per_step"] for ra, rb in zip(rounds[(a, phase)], rounds[(b, phase)])]
+        else:  # users/s is a rate
+            ratios = [rb["users_per_s"] / ra["users_per_s"] for ra, rb in zip(rounds[(a, phase)], rounds[(b, phase)])]
+        mid = statistics.median(ratios)
+        return mid, f"{mid:.2f}× ({min(ratios):.2f}–{max(ratios):.2f})"
 
     def verdict(x: float | None, target: float) -> str:
         return "—" if x is None else ("met" if x >= target else "NOT met")
@@ -485,8 +492,8 @@ def report(args, params, spec, info, rounds, finals, trained, loads, wall_s) -> 
     train_x, train_cell = slower("e4srec_full", "student_nokd", "train")
     lines += [
         "",
-        "Ratios of medians, wall clock (in brackets: the same ratio from CPU time, which other jobs on the machine "
-        "disturb less):",
+        "Ratios: median over rounds of the ratio within each round, wall clock (in brackets: the lowest and "
+        "highest round):",
         "",
         "| ratio | value |",
         "|---|---:|",
@@ -530,8 +537,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metrics", default="results/metrics.json", help="test metrics of the trained models")
     ap.add_argument("--batch-size", type=int, help="LLM training batch (default: params train_llm.batch_size)")
     ap.add_argument("--eval-batch-size", type=int, help="inference batch (default: params train_llm.eval_batch_size)")
-    ap.add_argument("--steps", type=int, default=4, help="timed optimizer steps per model per round")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=1, help="timed optimizer steps per model per round")
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--infer-users", type=int, help="time inference on the first N test users (default: all)")
     ap.add_argument("--full-layers", type=int, help="layers of the E4SRec-full row (default: the backbone's depth)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads per worker")

@@ -25,6 +25,9 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 # Every DVC-stage asset runs in this pool (limit 1, orchestration/dagster.yaml): DVC holds one repo
 # lock at a time, and two GPU stages (teacher, students) must never run at once.
 STAGE_POOL = "dvc_stages"
+# Landing-day ingestions write data/warehouse.duckdb directly; DuckDB allows one writing process,
+# so the sensor's runs (one per new file) take turns in this pool (limit 1, same config).
+WAREHOUSE_POOL = "warehouse"
 
 
 class DvcPipeline(dg.ConfigurableResource):

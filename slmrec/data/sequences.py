@@ -65,6 +65,7 @@ class SplitStats:
     dataset_hash: str  # sha256 over the split Parquet files (see dataset_hash())
     contracts: dict  # expectations evaluated per contract (all passed, or nothing was written)
     config: dict = field(default_factory=dict)
+    sequences_sha256: str = ""  # sha256 of sequences.parquet (the user_sequences asset; not in dataset_hash)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

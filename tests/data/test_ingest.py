@@ -255,26 +255,25 @@ def test_cli_params_with_unknown_key_exits_2(tmp_path, capsys):
     assert code == 2 and "formt" in err
 
 
-def test_cli_sequences_passes_params_to_build_splits(tmp_path, capsys, monkeypatch):
+def test_cli_sequences_passes_params_to_the_stage(tmp_path, capsys, monkeypatch):
+    import slmrec.data.stage as stage
+
     calls = []
 
-    class Stats:
-        def to_dict(self):
-            return {"n_users": 3}
+    def sequences_stage(interactions_dir, cfg, stats_path=None):
+        calls.append((interactions_dir, cfg, stats_path))
+        return {"n_users": 3}
 
-    def build_splits(interactions_dir, cfg):
-        calls.append((interactions_dir, cfg))
-        return Stats()
-
-    monkeypatch.setitem(sys.modules, "slmrec.data.sequences", types.SimpleNamespace(build_splits=build_splits))
+    monkeypatch.setattr(stage, "sequences_stage", sequences_stage)
     (tmp_path / "params.yaml").write_text("data:\n  snapshot_dir: snapdir\nsequences:\n  k_core: 3\n")
     params = str(tmp_path / "params.yaml")
     code, out, err = cli(["sequences", "--params", params, "--out", "splits_x", "--json"], capsys)
     assert code == 0 and json.loads(out) == {"n_users": 3}
-    (interactions_dir, cfg), = calls
-    assert (interactions_dir, cfg.k_core, cfg.out_dir) == ("snapdir", 3, "splits_x")
-    code, out, err = cli(["sequences", "--params", params, "--interactions", "other"], capsys)
+    (interactions_dir, cfg, stats_path), = calls
+    assert (interactions_dir, cfg.k_core, cfg.out_dir, stats_path) == ("snapdir", 3, "splits_x", None)
+    code, out, err = cli(["sequences", "--params", params, "--interactions", "other", "--stats", "s.json"], capsys)
     assert code == 0 and calls[-1][0] == "other" and calls[-1][1].out_dir == "data/splits"
+    assert calls[-1][2] == "s.json"
 
 
 def test_registered_in_the_main_cli(tmp_path, capsys):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from orchestration.pipeline import STAGE_POOL
+from orchestration.pipeline import STAGE_POOL, WAREHOUSE_POOL
 from orchestration.promotion import MODELS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,13 +35,14 @@ def test_every_model_has_blocking_weight_and_metric_checks(definitions):
             assert spec.blocking, f"{spec.key} should block downstream assets when it fails with ERROR"
 
 
-def test_stage_assets_share_the_single_pool(definitions):
+def test_stage_assets_share_one_pool_and_landing_writes_take_turns(definitions):
     pools = {}
     for assets_def in definitions.assets:
         for key in assets_def.keys:
             pools[key.to_user_string()] = assets_def.op.pool
     assert {name for name, pool in pools.items() if pool == STAGE_POOL} == STAGE_ASSETS
-    assert pools["promoted_model"] is None and pools["landing_interactions"] is None
+    assert pools["landing_interactions"] == WAREHOUSE_POOL  # one DuckDB writer at a time
+    assert pools["promoted_model"] is None
 
 
 def test_retrain_job_runs_raw_data_to_promotion(definitions):

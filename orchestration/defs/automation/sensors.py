@@ -46,18 +46,25 @@ def retrain_after_landing(context: dg.SensorEvaluationContext):
     )
 
 
+def _user_error(error):
+    """The user's exception inside Dagster's wrappers (DagsterExecutionStepExecutionError -> cause)."""
+    while error.cause is not None and error.cls_name.startswith("Dagster"):
+        error = error.cause
+    return error
+
+
 def failure_alert(context: dg.RunFailureSensorContext) -> dict:
     """One alert: which run and job, which step failed and why (the first line a user needs)."""
     run = context.dagster_run
     steps = []
     for event in context.get_step_failure_events():
         data = event.event_specific_data
-        user = getattr(data, "user_failure_data", None)
-        error = data.error.message.strip() if data.error else ""
+        user = data.user_failure_data  # set by dg.Failure (stage failures, refused promotions)
+        error = _user_error(data.error) if data.error else None
         steps.append({
             "step": event.step_key,
-            "error": user.description if user and user.description else error,
-            "error_class": data.error.cls_name if data.error else None,
+            "error": user.description if user and user.description else (error.message.strip() if error else ""),
+            "error_class": error.cls_name if error else None,
         })
     return {
         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -5,7 +5,7 @@ import json
 import dagster as dg
 
 from orchestration.landing import landing_files, landing_partitions
-from orchestration.pipeline import STAGE_POOL, DvcPipeline, lock_metadata
+from orchestration.pipeline import STAGE_POOL, WAREHOUSE_POOL, DvcPipeline, lock_metadata
 from orchestration.runners import StageRunner
 from slmrec.data.ingest import ingest
 
@@ -13,6 +13,7 @@ from slmrec.data.ingest import ingest
 @dg.asset(
     partitions_def=landing_partitions(),
     group_name="ingestion",
+    pool=WAREHOUSE_POOL,
     kinds={"duckdb"},
     description="One day of event logs dropped into the landing folder (data.landing_dir/YYYY-MM-DD.*), "
     "ingested into DuckDB `raw_interactions`; malformed rows go to `quarantine` with a reason.",
