@@ -13,6 +13,8 @@ $(BIN)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
+	# Dagster 1.13's asset-selection parser needs antlr4 4.13; DVC's hydra pins 4.9 (used only by `dvc exp run -S`)
+	$(BIN)/pip install -q --no-deps antlr4-python3-runtime==4.13.2
 	touch $@
 
 install: $(BIN)/.installed
@@ -29,6 +31,7 @@ test: install
 ## Dagster UI on http://localhost:3000
 ui: install
 	mkdir -p $(DAGSTER_HOME)
+	cp orchestration/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -m orchestration.definitions -h 127.0.0.1 -p 3000
 
 bench: install

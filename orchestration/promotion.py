@@ -97,7 +97,7 @@ def _random_ndcg(k: int, n: int) -> float:
     return sum(1.0 / math.log2(r + 1) for r in range(1, min(k, n) + 1)) / n
 
 
-def _random_mrr(k: int | None, n: int) -> float:
+def _random_mrr(k: int | None, n: int) -> float:  # MRR has no cut-off: k is unused
     return sum(1.0 / r for r in range(1, n + 1)) / n
 
 
@@ -127,11 +127,12 @@ class Verdict:
         return "ERROR" if self.errors else ("WARN" if self.warnings else None)
 
     def markdown(self) -> str:
-        lines = ["| baseline | metric | candidate | baseline | ratio | allowed drop | |", "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+        lines = ["| baseline | metric | candidate | baseline | ratio | allowed drop | |",
+                 "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
         for r in self.rows:
             mark = "✗ regression" if r["regressed"] else "✓"
-            lines.append(f"| {r['baseline']} | {r['metric']} | {r['candidate_value']:.4f} | {r['baseline_value']:.4f} | "
-                         f"{r['ratio']:.3f} | {r['allowed_drop']:.0%} | {mark} |")
+            lines.append(f"| {r['baseline']} | {r['metric']} | {r['candidate_value']:.4f} | "
+                         f"{r['baseline_value']:.4f} | {r['ratio']:.3f} | {r['allowed_drop']:.0%} | {mark} |")
         return "\n".join(lines)
 
 
@@ -150,11 +151,13 @@ def judge(metrics: dict, n_items: int, cfg: PromotionConfig, dataset_hash: str |
     v = Verdict(cfg.candidate)
     models = metrics.get("models") or {}
     if dataset_hash is not None and metrics.get("dataset_hash") != dataset_hash:
-        v.errors.append(f"metrics.json evaluates dataset {metrics.get('dataset_hash')!r}, the splits are {dataset_hash!r}")
+        v.errors.append(f"metrics.json evaluates dataset {metrics.get('dataset_hash')!r}, "
+                        f"the splits are {dataset_hash!r}")
     for metric in cfg.metrics:
         cand = _metric(models, cfg.candidate, metric)
         if cand is None:
-            v.errors.append(f"{cfg.candidate} {metric} missing or not finite ({models.get(cfg.candidate, {}).get(metric)!r})")
+            raw = models.get(cfg.candidate, {}).get(metric)
+            v.errors.append(f"{cfg.candidate} {metric} missing or not finite ({raw!r})")
             continue
         floor = cfg.min_lift_over_random * random_expectation(metric, n_items)
         if cand <= floor:
@@ -163,7 +166,8 @@ def judge(metrics: dict, n_items: int, cfg: PromotionConfig, dataset_hash: str |
         for baseline, allowed in cfg.max_regression.items():
             base = _metric(models, baseline, metric)
             if base is None:
-                v.errors.append(f"baseline {baseline} {metric} missing or not finite ({models.get(baseline, {}).get(metric)!r})")
+                raw = models.get(baseline, {}).get(metric)
+                v.errors.append(f"baseline {baseline} {metric} missing or not finite ({raw!r})")
                 continue
             regressed = cand < base * (1.0 - allowed)
             v.rows.append({"baseline": baseline, "metric": metric, "candidate_value": cand, "baseline_value": base,

@@ -117,11 +117,12 @@ class Chromium:
         time.sleep(settle_s)
 
     def click_text(self, text: str, selector: str = "button, a, [role=menuitem], [role=tab]") -> None:
-        """Click the first element matching `selector` whose visible text starts with the line `text`
-        (menu items carry their keyboard shortcut on a second line)."""
+        """Click the first innermost element matching `selector` whose visible text starts with the line
+        `text` (menu items carry their keyboard shortcut on a second line)."""
         clicked = self.evaluate(
-            f"(() => {{ const el = [...document.querySelectorAll({json.dumps(selector)})]"
-            f".find(e => e.innerText.trim().split('\\n')[0].trim() === {json.dumps(text)});"
+            f"(() => {{ const m = [...document.querySelectorAll({json.dumps(selector)})]"
+            f".filter(e => e.innerText.trim().split('\\n')[0].trim() === {json.dumps(text)});"
+            " const el = m.find(e => !m.some(o => o !== e && e.contains(o)));"
             " if (el) el.click(); return !!el; })()"
         )
         if not clicked:

@@ -45,22 +45,27 @@ class Page:
     what: str
     height: int = 1000
     expand_graph: bool = False  # global lineage: hide the side panels, expand every group
+    click: str | None = None  # the text of a link/button to click before the capture (e.g. open a table)
 
 
 PAGES = [
-    Page("asset_graph.png", "/asset-groups", "promoted_model", "global asset lineage, every group expanded",
-         height=900, expand_graph=True),
+    Page("models_group.png", "/locations/{location}/asset-groups/models", "student_nokd",
+         "the models group: each model's last materialization and check status"),
+    Page("catalog.png", "/assets", "promoted_model", "the catalog: every asset with its group and status"),
     Page("student_asset.png", "/assets/student", "content_hash", "the distilled student: metadata, checks, lineage",
          height=1500),
     Page("dataset_splits_checks.png", "/assets/dataset_splits?view=checks", "dataset_splits_contract",
          "the blocking contract check on the splits"),
     Page("model_evaluation_gate.png", "/assets/model_evaluation?view=checks", "candidate_vs_baselines",
-         "the promotion gate after the re-run (WARN: regressions recorded, not blocking)"),
+         "the promotion gate after the re-run (WARN: regressions recorded, not blocking)", click="[Show Markdown]"),
     Page("promoted_model.png", "/assets/promoted_model", "content_hash", "the promotion record", height=1300),
     Page("run.png", "/runs/{run_id}", "ingest_stage", "the retrain_job run: steps and their logs"),
+    # last: it hides the navigation bar, which the browser then remembers for later pages
+    Page("asset_graph.png", "/asset-groups", "deployment", "global asset lineage, every group expanded",
+         height=900, expand_graph=True),
 ]
 REFUSED = Page("model_evaluation_gate_refused.png", "/assets/model_evaluation?view=checks", "candidate_vs_baselines",
-               "the promotion gate refusing the student (ERROR)")
+               "the promotion gate refusing the student (ERROR), its comparison table open", click="[Show Markdown]")
 
 
 def capture(browser: Chromium, base_url: str, page: Page, out_dir: Path, **fill: str) -> Path:
@@ -76,6 +81,9 @@ def capture(browser: Chromium, base_url: str, page: Page, out_dir: Path, **fill:
         time.sleep(1)
         browser.click_text("Expand all groups")
         time.sleep(4)  # layout runs in a web worker
+    if page.click:
+        browser.click_text(page.click, selector="button, a, span, div")
+        time.sleep(1.5)
     out = out_dir / page.file
     browser.screenshot(out)
     print(f"{out}: {page.what}", flush=True)
@@ -100,31 +108,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="keep the copy and DAGSTER_HOME here (default: temp)")
     parser.add_argument("--width", type=int, default=1600)
     parser.add_argument("--run-timeout", type=float, default=1800.0)
+    parser.add_argument("--reuse", action="store_true",
+                        help="--workdir already holds a finished run (from an earlier call): only take the screenshots")
     args = parser.parse_args(argv)
+    if args.reuse and args.workdir is None:
+        parser.error("--reuse needs --workdir")
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="slmrec-ui-"))
-    root = copy_project(work / "slmrec", PARAMS)
+    root = work / "slmrec" if args.reuse else copy_project(work / "slmrec", PARAMS)
     args.out.mkdir(parents=True, exist_ok=True)
     with DagsterDev(root, work / "dagster_home") as ui, Chromium(size=(args.width, 1000)) as browser:
         print(f"dagster dev on {ui.url} (location {ui.location}); DAGSTER_HOME {ui.home}", flush=True)
         ui.query("mutation { setNuxSeen }")  # the "join the community" dialog would cover every page
-        started = time.monotonic()
-        run_id = ui.launch_job("retrain_job", tags={"slmrec/trigger": "screenshots"})
-        try:
-            ui.wait_for_run(run_id, timeout_s=args.run_timeout, poll_s=5.0)
-        except RunFailed:
-            failed = {s["stepKey"] for s in ui.run_status(run_id)["stepStats"] if s["status"] == "FAILURE"}
-            if failed != {GATE_STEP}:
-                raise
-            print(f"run {run_id}: the promotion gate refused the student", flush=True)
-            capture(browser, ui.url, REFUSED, args.out)
-            relax_gate(root)
-            rerun = ui.launch_assets(["model_evaluation", "promoted_model"], tags={"slmrec/trigger": "screenshots"})
-            ui.wait_for_run(rerun, timeout_s=args.run_timeout, poll_s=5.0)
-        print(f"pipeline done in {time.monotonic() - started:.0f}s", flush=True)
+        if args.reuse:
+            run_id = ui.latest_run_id("retrain_job")
+        else:
+            run_id = run_pipeline(ui, browser, root, args)
         for page in PAGES:
             capture(browser, ui.url, page, args.out, location=ui.location, run_id=run_id)
     return 0
+
+
+def run_pipeline(ui: DagsterDev, browser: Chromium, root: Path, args) -> str:
+    """retrain_job end to end (relaxing the gate once if it refuses, see the module doc); its run id."""
+    started = time.monotonic()
+    run_id = ui.launch_job("retrain_job", tags={"slmrec/trigger": "screenshots"})
+    try:
+        ui.wait_for_run(run_id, timeout_s=args.run_timeout, poll_s=5.0)
+    except RunFailed:
+        failed = {s["stepKey"] for s in ui.run_status(run_id)["stepStats"] if s["status"] == "FAILURE"}
+        if failed != {GATE_STEP}:
+            raise
+        print(f"run {run_id}: the promotion gate refused the student", flush=True)
+        capture(browser, ui.url, REFUSED, args.out)
+        relax_gate(root)
+        rerun = ui.launch_assets(["model_evaluation", "promoted_model"], tags={"slmrec/trigger": "screenshots"})
+        ui.wait_for_run(rerun, timeout_s=args.run_timeout, poll_s=5.0)
+    print(f"pipeline done in {time.monotonic() - started:.0f}s", flush=True)
+    return run_id
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ def git(root: Path, *args: str) -> str:
 
 def run(root: Path, *cmd: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """A command in the copy with the stage environment (venv first on PATH); raises with its output."""
-    proc = subprocess.run(cmd, cwd=root, env=env or DvcPipeline(project_dir=str(root)).env(), capture_output=True, text=True)
+    env = env or DvcPipeline(project_dir=str(root)).env()
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -74,7 +75,7 @@ def materialize(definitions: dg.Definitions, root: Path, selection: list[str], i
     """Run the real assets and checks of `selection` in-process against the copy at `root`."""
     return dg.materialize(
         [*definitions.assets, *definitions.asset_checks],
-        selection=[dg.AssetKey(k) for k in selection],  # keys, not strings: see the report on antlr4
+        selection=[dg.AssetKey(k) for k in selection],  # keys: string selections need antlr4 4.13, DVC pins 4.9
         resources=resources(root),
         instance=instance,
         raise_on_error=raise_on_error,

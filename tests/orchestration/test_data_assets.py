@@ -34,7 +34,8 @@ def events(result, kind: str) -> list:
 def test_data_assets_materialize_with_metadata_and_passing_contracts(dagster_project):
     root, result = dagster_project
     assert result.success
-    evaluations = {e.event_specific_data.check_name: e.event_specific_data for e in events(result, "ASSET_CHECK_EVALUATION")}
+    evaluations = {e.event_specific_data.check_name: e.event_specific_data
+                   for e in events(result, "ASSET_CHECK_EVALUATION")}
     assert set(evaluations) == CONTRACTS and all(ev.passed for ev in evaluations.values())
 
     raw = result.asset_materializations_for_node("ingest_stage")
@@ -43,7 +44,8 @@ def test_data_assets_materialize_with_metadata_and_passing_contracts(dagster_pro
     assert meta["raw_interactions"]["users"].value == 20
     assert meta["raw_interactions"]["dvc_md5:data/interactions"].value == lock(root)["ingest"]["outs"][0]["md5"]
 
-    splits = {m.asset_key.to_user_string(): m.metadata for m in result.asset_materializations_for_node("sequences_stage")}
+    splits = {m.asset_key.to_user_string(): m.metadata
+              for m in result.asset_materializations_for_node("sequences_stage")}
     stats = json.loads((root / "data/splits/stats.json").read_text())
     assert splits["dataset_splits"]["dataset_hash"].value == stats["dataset_hash"]
     assert splits["user_sequences"]["users"].value == stats["n_users"] == 20
@@ -66,11 +68,13 @@ def test_planted_contract_violation_fails_the_check_and_blocks_downstream(dagste
     splits_before = sha256_tree(root / "data/splits")
     with duckdb.connect(str(root / "data/warehouse.duckdb")) as con:  # a duplicate event and a timestamp before 1970
         con.execute("INSERT INTO raw_interactions SELECT * FROM raw_interactions LIMIT 1")
-        con.execute("INSERT INTO raw_interactions SELECT * REPLACE (-86400 AS ts, 'u-x' AS user_id) FROM raw_interactions LIMIT 1")
+        con.execute("INSERT INTO raw_interactions "
+                    "SELECT * REPLACE (-86400 AS ts, 'u-x' AS user_id) FROM raw_interactions LIMIT 1")
     with dg.instance_for_test() as instance:
         result = materialize(definitions, root, DATA_ASSETS, instance=instance, raise_on_error=False)
     assert not result.success
-    evaluations = {e.event_specific_data.check_name: e.event_specific_data for e in events(result, "ASSET_CHECK_EVALUATION")}
+    evaluations = {e.event_specific_data.check_name: e.event_specific_data
+                   for e in events(result, "ASSET_CHECK_EVALUATION")}
     failed = evaluations["raw_interactions_contract"]
     assert not failed.passed and failed.severity == dg.AssetCheckSeverity.ERROR
     assert failed.metadata["failed_expectations"].value >= 2

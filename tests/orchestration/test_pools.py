@@ -5,9 +5,9 @@ import shutil
 from pathlib import Path
 
 import dagster as dg
-from pool_job import two_stages_job
 
-REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
 
 
 def test_two_independent_stage_steps_never_overlap(tmp_path, monkeypatch):
@@ -17,7 +17,9 @@ def test_two_independent_stage_steps_never_overlap(tmp_path, monkeypatch):
     shutil.copy2(REPO / "orchestration/dagster.yaml", home / "dagster.yaml")
     monkeypatch.setenv("POOL_TEST_DIR", str(out))
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        result = dg.execute_job(dg.reconstructable(two_stages_job), instance=instance)
+        # the executor's child processes import pool_job.py from this folder
+        job = dg.build_reconstructable_job("pool_job", "two_stages_job", reconstructor_working_directory=str(HERE))
+        result = dg.execute_job(job, instance=instance)
         assert result.success
         messages = [e.message or "" for e in result.all_events if e.event_type_value == "ENGINE_EVENT"]
     (a0, a1), (b0, b1) = (json.loads((out / n).read_text()) for n in ("stage_a", "stage_b"))

@@ -49,7 +49,8 @@ def test_landing_sensor_requests_one_run_per_new_file(project):
     assert isinstance(again, dg.SkipReason)
 
     land(project, "1998-03-01.csv", [("u1", "i1", 888000000, 4), ("u3", "i2", 888000200, 1)])  # same name, new bytes
-    changed = landing_folder_sensor(dg.build_sensor_context(cursor=ctx.cursor, resources={"pipeline": pipeline(project)}))
+    changed = landing_folder_sensor(dg.build_sensor_context(cursor=ctx.cursor,
+                                                            resources={"pipeline": pipeline(project)}))
     assert [r.partition_key for r in changed] == ["1998-03-01"]
 
 

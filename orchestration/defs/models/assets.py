@@ -20,7 +20,9 @@ def _model_asset(name: str, deps: list[str], description: str) -> dg.AssetsDefin
         # a killed or crashed stage is retried once: training resumes from runs/<name>/<key>/last.pt
         retry_policy=dg.RetryPolicy(max_retries=1, delay=10),
     )
-    def _asset(context: dg.AssetExecutionContext, pipeline: DvcPipeline, stage_runner: StageRunner) -> dg.MaterializeResult:
+    def _asset(
+        context: dg.AssetExecutionContext, pipeline: DvcPipeline, stage_runner: StageRunner
+    ) -> dg.MaterializeResult:
         outs = pipeline.run_stage(context, name, stage_runner)
         info = json.loads(pipeline.path(f"models/{name}/train.json").read_text())
         card = json.loads(pipeline.path(f"models/{name}/card.json").read_text())

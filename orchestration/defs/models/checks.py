@@ -47,7 +47,10 @@ def _checks(model: str) -> list[dg.AssetChecksDefinition]:
             return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, description=str(err))
         return dg.AssetCheckResult(
             passed=True,
-            metadata={f"valid/{metric}": dg.MetadataValue.float(best["value"]), "epoch": dg.MetadataValue.int(best["epoch"])},
+            metadata={
+                f"valid/{metric}": dg.MetadataValue.float(best["value"]),
+                "epoch": dg.MetadataValue.int(best["epoch"]),
+            },
         )
 
     return [weights_finite, validation_metric]

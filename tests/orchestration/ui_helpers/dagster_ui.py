@@ -66,6 +66,12 @@ query Run($runId: ID!) { runOrError(runId: $runId) { __typename
   ... on PythonError { message } } }
 """
 
+LATEST_RUN = """
+query Latest($job: String!) { runsOrError(filter: {pipelineName: $job}, limit: 1) { __typename
+  ... on Runs { results { runId } }
+  ... on PythonError { message } } }
+"""
+
 RUN_FAILURES = """
 query Failures($runId: ID!) { logsForRun(runId: $runId, limit: 5000) { __typename
   ... on EventConnection { events { __typename
@@ -303,6 +309,12 @@ class DagsterDev:
         if run["status"] != "SUCCESS":
             raise RunFailed(f"run {run_id} ended {run['status']}: {self.failures(run_id)}\n{self.log_tail(20)}")
         return run["status"]
+
+    def latest_run_id(self, job: str) -> str:
+        runs = self.query(LATEST_RUN, {"job": job})["runsOrError"]
+        if runs["__typename"] != "Runs" or not runs["results"]:
+            raise LookupError(f"no run of {job} on {self.url}: {runs}")
+        return runs["results"][0]["runId"]
 
     def failures(self, run_id: str) -> list[str]:
         logs = self.query(RUN_FAILURES, {"runId": run_id})["logsForRun"]
