@@ -64,7 +64,9 @@ def _fail(command: str, err: BaseException) -> int:
 
 
 def _log_to_stderr(json_mode: bool):
-    return (lambda msg: print(msg, file=sys.stderr, flush=True)) if json_mode else print
+    """Progress lines, flushed (DVC and Dagster read them through a pipe); stderr when stdout carries JSON."""
+    stream = sys.stderr if json_mode else sys.stdout
+    return lambda msg: print(msg, file=stream, flush=True)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
