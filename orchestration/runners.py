@@ -22,7 +22,9 @@ import dagster as dg
 from orchestration.pipeline import DvcPipeline
 from slmrec.config import AutomationConfig, K8sConfig, to_dict
 
-ERROR_LINE = re.compile(r"\berror\b", re.IGNORECASE)
+ERROR_LINE = re.compile(r"\berror\b|^\w*(Error|Exception)\b", re.IGNORECASE)
+DVC_WRAPPER = re.compile(r"^ERROR: failed to reproduce")  # DVC's summary line: the cause is above it
+BAD_INPUT = re.compile(r"^slmrec( [\w-]+)*: error: ")  # the CLI's clean bad-input message: retrying cannot help
 
 
 class StageRunner(dg.ConfigurableResource, ABC):
@@ -75,9 +77,11 @@ class LocalStageRunner(StageRunner):
 
 def stage_failure(stage: str, returncode: int, command: list[str], tail: list[str]) -> dg.Failure:
     """A readable failure: the first error line of the stage's output, and its last lines as metadata."""
-    cause = next((line for line in tail if ERROR_LINE.search(line)), tail[-1] if tail else "no output")
+    hits = [line for line in tail if ERROR_LINE.search(line)]
+    cause = next((line for line in hits if not DVC_WRAPPER.match(line)), hits[0] if hits else (tail[-1] if tail else "no output"))
     return dg.Failure(
         description=f"DVC stage '{stage}' failed (exit {returncode}): {cause}",
+        allow_retries=not any(BAD_INPUT.match(line) for line in tail),
         metadata={
             "stage": dg.MetadataValue.text(stage),
             "exit_code": dg.MetadataValue.int(returncode),

@@ -14,6 +14,8 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import os
+import signal
 import socket
 import shutil
 import subprocess
@@ -46,16 +48,22 @@ class Chromium:
         self._ids = itertools.count(1)
 
     def __enter__(self) -> "Chromium":
-        self._profile = tempfile.TemporaryDirectory(prefix="chromium-")
+        self._profile = Path(tempfile.mkdtemp(prefix="chromium-"))
         port = free_port()
-        cmd = [self.binary, *FLAGS, f"--remote-debugging-port={port}", f"--user-data-dir={self._profile.name}",
+        cmd = [self.binary, *FLAGS, f"--remote-debugging-port={port}", f"--user-data-dir={self._profile}",
                f"--window-size={self.size[0]},{self.size[1]}", "about:blank"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        page = self._page_target(port, timeout_s=30.0)
-        self.ws = connect(page["webSocketDebuggerUrl"], max_size=64 << 20)
-        self.call("Page.enable")
-        self.call("Emulation.setDeviceMetricsOverride",
-                  width=self.size[0], height=self.size[1], deviceScaleFactor=1, mobile=False)
+        # own process group: the browser's helper processes (renderer, GPU, zygote) are stopped with it
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.ws = None
+        try:
+            page = self._page_target(port, timeout_s=30.0)
+            self.ws = connect(page["webSocketDebuggerUrl"], max_size=64 << 20)
+            self.call("Page.enable")
+            self.call("Emulation.setDeviceMetricsOverride",
+                      width=self.size[0], height=self.size[1], deviceScaleFactor=1, mobile=False)
+        except BaseException:
+            self._close()
+            raise
         return self
 
     def _page_target(self, port: int, timeout_s: float) -> dict:
@@ -76,14 +84,27 @@ class Chromium:
             time.sleep(0.3)
 
     def __exit__(self, *exc) -> None:
-        self.ws.close()
-        self.proc.terminate()
+        self._close()
+
+    def _close(self) -> None:
+        if self.ws is not None:
+            self.ws.close()
         try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(timeout=10)
+        except ProcessLookupError:  # the whole group is gone already
+            pass
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
-        self._profile.cleanup()
+        for attempt in range(10):  # helpers may still be flushing the profile for a moment
+            try:
+                shutil.rmtree(self._profile)
+                break
+            except OSError:
+                if attempt == 9:
+                    raise
+                time.sleep(0.5)
 
     def call(self, method: str, **params) -> dict:
         """One DevTools command; its result (events arriving meanwhile are skipped)."""
@@ -108,7 +129,8 @@ class Chromium:
     def wait_for(self, condition_js: str, timeout_s: float = 60.0, settle_s: float = 1.5) -> None:
         """Until the JS expression is truthy, then `settle_s` more (animations, late layout)."""
         deadline = time.monotonic() + timeout_s
-        check = f"(() => {{ try {{ return Boolean({condition_js}); }} catch (e) {{ return false; }} }})()"  # body may not exist yet
+        # false while the expression throws (document.body does not exist yet right after a navigation)
+        check = f"(() => {{ try {{ return Boolean({condition_js}); }} catch (e) {{ return false; }} }})()"
         while not self.evaluate(check):
             if time.monotonic() > deadline:
                 text = self.evaluate("document.body ? document.body.innerText.slice(0, 500) : ''")
@@ -142,13 +164,9 @@ class Chromium:
         if not clicked:
             raise LookupError(f"no button with icon {icon!r} on the page")
 
-    def screenshot(self, out: Path, full_height: int | None = None) -> None:
-        """PNG of the viewport (or of the top `full_height` pixels of the page)."""
-        params = {"format": "png"}
-        if full_height:
-            params.update(captureBeyondViewport=True,
-                          clip={"x": 0, "y": 0, "width": self.size[0], "height": full_height, "scale": 1})
-        data = base64.b64decode(self.call("Page.captureScreenshot", **params)["data"])
+    def screenshot(self, out: Path) -> None:
+        """PNG of the viewport, written atomically."""
+        data = base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
         tmp = out.with_suffix(".png.tmp")
         tmp.write_bytes(data)
-        tmp.replace(out)
+        os.replace(tmp, out)

@@ -57,15 +57,19 @@ PAGES = [
     Page("dataset_splits_checks.png", "/assets/dataset_splits?view=checks", "dataset_splits_contract",
          "the blocking contract check on the splits"),
     Page("model_evaluation_gate.png", "/assets/model_evaluation?view=checks", "candidate_vs_baselines",
-         "the promotion gate after the re-run (WARN: regressions recorded, not blocking)", click="[Show Markdown]"),
+         "the promotion gate after the re-run (WARN, not blocking), its comparison table open",
+         click="[Show Markdown]"),
     Page("promoted_model.png", "/assets/promoted_model", "content_hash", "the promotion record", height=1300),
-    Page("run.png", "/runs/{run_id}", "ingest_stage", "the retrain_job run: steps and their logs"),
+    Page("run.png", "/runs/{run_id}", "ENGINE_EVENT", "the retrain_job run: steps and their logs"),
+    Page("materialize_all_dialog.png", "/asset-groups", "deployment",
+         "what 'Materialize all…' on the global graph opens: a backfill over the landing partitions",
+         click="Materialize all…"),
     # last: it hides the navigation bar, which the browser then remembers for later pages
     Page("asset_graph.png", "/asset-groups", "deployment", "global asset lineage, every group expanded",
          height=900, expand_graph=True),
 ]
 REFUSED = Page("model_evaluation_gate_refused.png", "/assets/model_evaluation?view=checks", "candidate_vs_baselines",
-               "the promotion gate refusing the student (ERROR), its comparison table open", click="[Show Markdown]")
+               "the promotion gate refusing the student (ERROR): the reasons in its description")
 
 
 def capture(browser: Chromium, base_url: str, page: Page, out_dir: Path, **fill: str) -> Path:
@@ -105,7 +109,8 @@ def relax_gate(root: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs/screenshots")
-    parser.add_argument("--workdir", type=Path, default=None, help="keep the copy and DAGSTER_HOME here (default: temp)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep the copy and DAGSTER_HOME here (default: a new temp dir)")
     parser.add_argument("--width", type=int, default=1600)
     parser.add_argument("--run-timeout", type=float, default=1800.0)
     parser.add_argument("--reuse", action="store_true",
@@ -129,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_pipeline(ui: DagsterDev, browser: Chromium, root: Path, args) -> str:
+def run_pipeline(ui: DagsterDev, browser: Chromium, root: Path, args: argparse.Namespace) -> str:
     """retrain_job end to end (relaxing the gate once if it refuses, see the module doc); its run id."""
     started = time.monotonic()
     run_id = ui.launch_job("retrain_job", tags={"slmrec/trigger": "screenshots"})

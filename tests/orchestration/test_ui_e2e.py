@@ -8,12 +8,13 @@ computed here from that file or from the files the run left on disk, never copie
 
 import csv
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from project_copy import SAMPLE, TEST_PARAMS, copy_project, git
 from ui_helpers.dagster_ui import DagsterDev
 
-from slmrec.data.sequences import SPLIT_FILES, dataset_hash, sha256_file
+from slmrec.data.sequences import SEQUENCES_FILE, SPLIT_FILES, dataset_hash, sha256_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -51,9 +52,10 @@ def ui(tmp_path_factory):
     server = DagsterDev(root, tmp / "dagster_home")
     with server:
         yield server
-    # `dagster dev` ignores SIGTERM sent to its pid alone: stop() signals its process group, which must be empty now
+    # stop() sent SIGTERM to the whole process group; every process must have exited without a SIGKILL
     assert server.proc.poll() is not None
-    assert not server.forced_kill, f"processes of dagster dev (group {server.proc.pid}) ignored SIGTERM; log:\n{server.log_tail()}"
+    assert not server.forced_kill, (
+        f"processes of dagster dev (group {server.proc.pid}) ignored SIGTERM; log:\n{server.log_tail()}")
 
 
 @pytest.fixture(scope="module")
@@ -92,15 +94,19 @@ def test_materialization_metadata_matches_the_fixture_and_the_files_on_disk(ui, 
     _, catalog = ui.latest_metadata("item_catalog")
     assert catalog["items_with_metadata"] == expected["catalog"]
 
+    # k-core filtering keeps a subset; the counts are those of the files the stage wrote
     _, sequences = ui.latest_metadata("user_sequences")
-    assert 0 < sequences["users"] <= expected["users"]
-    assert 0 < sequences["items"] <= expected["items"]
-    assert sequences["interactions"] <= expected["rows"]
-    assert "dropped" in sequences and "length_distribution" in sequences
+    split_dir = root / "data/splits"
+    assert sequences["users"] == pq.read_metadata(split_dir / "user_map.parquet").num_rows <= expected["users"]
+    assert sequences["items"] == pq.read_metadata(split_dir / "item_map.parquet").num_rows <= expected["items"]
+    assert sequences["interactions"] == pq.read_metadata(split_dir / SEQUENCES_FILE).num_rows <= expected["rows"]
+    dropped = sequences["dropped"]  # no filters configured: every row is kept or counted as dropped by a step
+    assert dropped["filter"] == {} and sequences["users"] > 0
+    steps = ("k_core", "short_users", "truncation")
+    assert expected["rows"] - sum(dropped[step]["interactions"] for step in steps) == sequences["interactions"]
 
     run_id, splits = ui.latest_metadata("dataset_splits")
     assert run_id == data_run
-    split_dir = root / "data/splits"
     on_disk = {name: sha256_file(split_dir / name) for name in SPLIT_FILES}
     assert splits["dataset_hash"] == dataset_hash(on_disk)  # recomputed from the Parquet bytes
     assert splits["files_sha256"] == on_disk

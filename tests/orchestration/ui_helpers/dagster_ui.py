@@ -7,9 +7,10 @@
         ui.latest_metadata("raw_interactions")     # {label: value} of the latest materialization
         ui.check_results("raw_interactions")       # {check name: CheckResult}
 
-Used by tests/orchestration/test_ui_e2e.py and bench/ui/screenshots.py. Everything runs on localhost;
-`dagster dev` runs in its own process group, which `stop()` signals as a whole (it ignores SIGTERM
-when only its own pid is signalled from the background).
+Used by tests/orchestration/test_ui_e2e.py and bench/ui/screenshots.py. Everything runs on localhost.
+`dagster dev` runs in its own process group, which `stop()` signals as a whole: webserver, daemon,
+code server and run workers stop together, and `forced_kill` tells whether any needed SIGKILL
+(Linux: the group is read from /proc).
 """
 
 from __future__ import annotations
@@ -187,15 +188,17 @@ class DagsterDev:
         last = "no answer yet"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"dagster dev exited with {self.proc.returncode} before answering:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"dagster dev exited with {self.proc.returncode} before answering:\n{self.log_tail()}")
             try:
                 ws = self.query(LOCATIONS)["workspaceOrError"]
             except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
                 last = repr(err)
             else:
                 entries = ws.get("locationEntries") or []
-                loaded = [e for e in entries if (e["locationOrLoadError"] or {}).get("__typename") == "RepositoryLocation"]
-                failed = [e for e in entries if (e["locationOrLoadError"] or {}).get("__typename") == "PythonError"]
+                kinds = [(e["locationOrLoadError"] or {}).get("__typename") for e in entries]
+                loaded = [e for e, kind in zip(entries, kinds) if kind == "RepositoryLocation"]
+                failed = [e for e, kind in zip(entries, kinds) if kind == "PythonError"]
                 if failed:
                     raise RuntimeError(f"code location {failed[0]['name']} failed to load: "
                                        f"{failed[0]['locationOrLoadError']['message']}")
@@ -268,7 +271,8 @@ class DagsterDev:
             raise RuntimeError(f"GraphQL errors: {json.dumps(payload['errors'])[:2000]}")
         return payload["data"]
 
-    def launch_assets(self, assets: list[str], tags: dict[str, str] | None = None, run_config: dict | None = None) -> str:
+    def launch_assets(self, assets: list[str], tags: dict[str, str] | None = None,
+                      run_config: dict | None = None) -> str:
         """Launch a run of `assets` (and, as the UI does, their checks) in the implicit asset job; the run id."""
         return self.launch_job(ASSET_JOB, tags, run_config, assets=assets)
 
@@ -286,7 +290,8 @@ class DagsterDev:
         }
         result = self.query(LAUNCH_RUN, {"params": params})["launchRun"]
         if result["__typename"] != "LaunchRunSuccess":
-            raise RuntimeError(f"launchRun of {job} {assets or ''} refused ({result['__typename']}): {json.dumps(result)[:2000]}")
+            raise RuntimeError(f"launchRun of {job} {assets or ''} refused ({result['__typename']}): "
+                               f"{json.dumps(result)[:2000]}")
         return result["run"]["runId"]
 
     def run_status(self, run_id: str) -> dict:
