@@ -6,7 +6,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export DAGSTER_HOME ?= $(abspath .dagster_home)
 
-.PHONY: install demo test test-fast ui bench lock clean
+.PHONY: install demo test ui bench lock clean
 
 # The venv is (re)built when pyproject.toml or the lock changes.
 $(BIN)/.installed: pyproject.toml requirements.lock
@@ -34,8 +34,10 @@ ui: install
 	cp orchestration/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
 
+## Benchmarks (print tables; run `make demo` first so the model bench can show test metrics)
 bench: install
 	$(BIN)/python bench/bench_data.py
+	$(BIN)/python bench/bench_models.py --profile smol
 
 ## Refresh the pinned dependency set after editing pyproject.toml.
 lock:

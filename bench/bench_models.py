@@ -206,7 +206,8 @@ class InferPhase:
     def __init__(self, model, examples, eval_cfg: EvalConfig, batch_size: int, device: torch.device):
         if isinstance(model, LLMRec):
             model.merge_for_inference()  # LoRA folded in, constant instruction prefix cached
-        self.model, self.examples, self.cfg, self.batch_size, self.device = model, examples, eval_cfg, batch_size, device
+        self.model, self.examples, self.cfg = model, examples, eval_cfg
+        self.batch_size, self.device = batch_size, device
 
     def warm_up(self) -> None:
         rows = torch.arange(min(self.batch_size, len(self.examples)))
@@ -290,7 +291,8 @@ class Worker:
 
     def __init__(self, name: str, phase: str, spec: dict):
         self.name, self.phase = name, phase
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps({**spec, "name": name, "phase": phase})]
+        job = json.dumps({**spec, "name": name, "phase": phase})
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", job]
         env = {**os.environ, "SLMREC_NO_TQDM": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO, env=env)
         self.info = self._read()
@@ -353,9 +355,13 @@ def _normalised(obj) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
 
 
-def trained_results(models_dir: Path, metrics_path: Path, configs: dict[str, dict]) -> dict[str, dict]:
-    """Per trained row: test metrics + the pipeline's own training timings, if its checkpoint matches `configs`."""
-    metrics = json.loads(metrics_path.read_text())["models"] if metrics_path.is_file() else {}
+def trained_results(models_dir: Path, metrics_path: Path, configs: dict[str, dict], dataset_hash: str) -> dict:
+    """Per trained row: test metrics + the pipeline's own training timings, if its checkpoint matches `configs`
+    and the metrics were computed on the benchmarked splits (`dataset_hash`)."""
+    summary = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {"models": {}}
+    if summary["models"] and summary.get("dataset_hash") != dataset_hash:
+        return {name: {"note": f"{metrics_path} was computed on other splits (dataset hash)"} for name in TRAINED}
+    metrics = summary["models"]
     out = {}
     for name in TRAINED:
         ckpt, train_json = models_dir / name / "model.pt", models_dir / name / "train.json"
@@ -515,7 +521,8 @@ def report(args, params, spec, info, rounds, finals, trained, loads, wall_s) -> 
         "| ratio | paired median (range) | best rounds |",
         "|---|---:|---:|",
         f"| training time per step, teacher / student_nokd | {slower('teacher', 'student_nokd', 'train')[1]} |",
-        f"| training time per step, teacher / student (KD, cached teacher) | {slower('teacher', 'student', 'train')[1]} |",
+        f"| training time per step, teacher / student (KD, cached teacher) | "
+        f"{slower('teacher', 'student', 'train')[1]} |",
         f"| training time per step, teacher / student (KD, teacher fwd) | "
         f"{slower('teacher', 'student_kd_fwd', 'train')[1]} |",
         f"| inference time per user, teacher / student | {slower('teacher', 'student', 'infer')[1]} |",
@@ -628,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
                 w.proc.kill()
     info = {key: w.info for key, w in workers.items()}
     configs = {name: info[(name, "infer")]["config"] for name in TRAINED}
-    trained = trained_results(Path(models), Path(metrics), configs)
+    trained = trained_results(Path(models), Path(metrics), configs, load_splits(splits).dataset_hash)
     table = report(args, params, spec, info, rounds, finals, trained, loads, time.perf_counter() - start)
     atomic_write_text(args.out, table)
     print(table)

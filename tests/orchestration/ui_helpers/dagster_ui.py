@@ -210,7 +210,7 @@ class DagsterDev:
             time.sleep(1.0)
         raise TimeoutError(f"dagster dev on {self.url} not ready after {timeout_s:.0f}s ({last}):\n{self.log_tail()}")
 
-    def stop(self, timeout_s: float = 30.0, linger_s: float = 15.0) -> None:
+    def stop(self, timeout_s: float = 90.0, linger_s: float = 60.0) -> None:  # generous: loaded CI machines shut down slowly
         """SIGTERM to the whole process group, as Ctrl-C in a terminal would; SIGKILL what is left after
         `linger_s` (and set `forced_kill`, so a test can insist on a clean shutdown)."""
         if self.proc is None:
