@@ -3,7 +3,6 @@ after the date, e.g. 1998-03-01.part2.csv). The date is the daily partition key 
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 
 from slmrec.config import load_params
+from slmrec.hashing import sha256_file
 from orchestration.pipeline import PROJECT_DIR
 
 LANDING_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2})(?:[._-][^,]*)?\.(csv|tsv|parquet|jsonl|json)(\.gz)?$")
@@ -33,8 +33,4 @@ def landing_files(landing_dir: Path) -> dict[str, list[Path]]:
 
 
 def file_fingerprint(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+    return sha256_file(path)[:16]

@@ -29,16 +29,11 @@ from importlib import metadata as _md
 from pathlib import Path
 from typing import Any
 
+from slmrec.hashing import sha256_file
+
 CARD = "card.json"
 _VERSIONED = ("torch", "transformers", "peft", "duckdb", "pandas", "pyarrow", "great-expectations", "dvc", "dagster")
 
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def content_hash(path: str | Path) -> str:

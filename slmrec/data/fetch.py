@@ -15,6 +15,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from slmrec.hashing import sha256_file
+
 WHEEL = "recbole-1.2.1-py3-none-any.whl"
 WHEEL_REQUIREMENT = "recbole==1.2.1"
 WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
@@ -32,13 +34,6 @@ def cache_dir() -> Path:
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def pip_download(requirement: str, dest: str) -> None:

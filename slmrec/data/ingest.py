@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from slmrec.data.readers import READERS, ReadResult
+from slmrec.hashing import sha256_file
 
 MAX_TS = 4102444800  # 2100-01-01T00:00:00Z: later timestamps are absurd
 MS_THRESHOLD = 1e11  # a median above this is milliseconds (1e11 s is the year 5138)
@@ -84,13 +85,6 @@ class IngestReport:
         return asdict(self)
 
 
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def make_batch_id(fmt: str, file_sha: str, items_sha: str | None, column_map: dict[str, str]) -> str:
     """sha256 over format, file bytes, item-file bytes and column map (sorted), first 16 hex digits."""
@@ -103,8 +97,8 @@ def ingest(fmt: str, path: str, db: str, items: str | None = None, column_map: d
     if fmt not in READERS:
         raise ValueError(f"unknown format {fmt!r}; known: {sorted(READERS)}")
     reader, column_map = READERS[fmt], dict(column_map or {})
-    file_sha = file_sha256(path)  # FileNotFoundError names the path
-    batch_id = make_batch_id(fmt, file_sha, file_sha256(items) if items else None, column_map)
+    file_sha = sha256_file(path)  # FileNotFoundError names the path
+    batch_id = make_batch_id(fmt, file_sha, sha256_file(items) if items else None, column_map)
     batch = Batch(fmt, path, items, file_sha, batch_id, db)
 
     if os.path.exists(db):  # cheap check before parsing a big file again
@@ -343,7 +337,7 @@ def export_snapshot(db: str, out_dir: str) -> dict:
             table = con.sql(query).to_arrow_table().combine_chunks()
             path = os.path.join(out_dir, f"{name}.parquet")
             _write_parquet_atomic(table, path)
-            out[name] = {"path": path, "rows": table.num_rows, "sha256": file_sha256(path)}
+            out[name] = {"path": path, "rows": table.num_rows, "sha256": sha256_file(path)}
     return out
 
 

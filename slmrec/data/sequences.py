@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from data_contracts import require, validate
 from slmrec.config import SequenceConfig
+from slmrec.hashing import sha256_file
 
 SPLIT_FILES = ("train.parquet", "valid.parquet", "test.parquet", "user_map.parquet", "item_map.parquet")
 SEQUENCES_FILE = "sequences.parquet"  # not part of dataset_hash: the splits are the dataset
@@ -367,13 +368,6 @@ def _titles(final_item_ids: pa.Array, items: pa.Table) -> pa.Array:
 
 # --- files -------------------------------------------------------------------------------------
 
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def dataset_hash(files: dict[str, str]) -> str:

@@ -24,7 +24,6 @@ The cache root is `$SLMREC_CACHE` (default `~/.cache/slmrec`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -41,6 +40,7 @@ import torch
 from torch import nn
 
 from slmrec.config import LLMRecConfig
+from slmrec.hashing import sha256_file
 
 
 @dataclass
@@ -87,13 +87,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 def cache_root() -> Path:
     return Path(os.environ.get("SLMREC_CACHE", Path.home() / ".cache" / "slmrec"))
 
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- trunk helpers

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 from slmrec.config import load_params
-from slmrec.lineage import atomic_write_text
 
 EXPECTED = (ValueError, FileNotFoundError)
 MODEL_NAMES = ("sasrec", "teacher", "student_nokd", "student")

@@ -32,7 +32,7 @@ from slmrec.models.base import Recommender
 from slmrec.models.llmrec import LLMRec
 from slmrec.models.sasrec import SASRec
 from slmrec.train.checkpoint import load_model, model_class_path, save_atomic
-from slmrec.train.data import Examples, make_eval_examples, make_train_examples
+from slmrec.train.data import make_eval_examples, make_train_examples
 from slmrec.train.loop import FitResult, fit
 
 MODEL_FILE, TRAIN_FILE = "model.pt", "train.json"

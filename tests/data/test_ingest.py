@@ -4,8 +4,6 @@ import argparse
 import hashlib
 import json
 import shutil
-import sys
-import types
 from pathlib import Path
 
 import duckdb
