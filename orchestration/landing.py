@@ -3,17 +3,16 @@ after the date, e.g. 1998-03-01.part2.csv). The date is the daily partition key 
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from pathlib import Path
 
 import dagster as dg
 
 from slmrec.config import load_params
+from slmrec.data.stage import LANDING_NAME
 from slmrec.hashing import sha256_file
 from orchestration.pipeline import PROJECT_DIR
 
-LANDING_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2})(?:[._-][^,]*)?\.(csv|tsv|parquet|jsonl|json)(\.gz)?$")
 
 
 def landing_partitions() -> dg.DailyPartitionsDefinition:

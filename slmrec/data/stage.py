@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import duckdb
@@ -22,14 +23,16 @@ from slmrec.data.ingest import export_snapshot, ingest
 from slmrec.data.sequences import build_splits
 from slmrec.lineage import atomic_write_text, write_card
 
-LANDING_SUFFIXES = (".csv", ".tsv", ".parquet", ".jsonl", ".json", ".csv.gz", ".tsv.gz", ".jsonl.gz")
+# One rule for the landing folder, shared with the Dagster sensor and partitions (orchestration/landing.py):
+# YYYY-MM-DD[.suffix].<csv|tsv|parquet|jsonl|json>[.gz]; the date is the daily partition key.
+LANDING_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2})(?:[._-][^,]*)?\.(csv|tsv|parquet|jsonl|json)(\.gz)?$")
 
 
 def landing_sources(cfg: DataConfig) -> list[Path]:
     folder = Path(cfg.landing_dir)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(LANDING_SUFFIXES))
+    return sorted(p for p in folder.iterdir() if p.is_file() and LANDING_NAME.match(p.name))
 
 
 def rebuild_store(cfg: DataConfig, snapshot_dir: str) -> dict:
@@ -40,8 +43,9 @@ def rebuild_store(cfg: DataConfig, snapshot_dir: str) -> dict:
     for leftover in (tmp_db, tmp_db.with_name(tmp_db.name + ".wal")):
         leftover.unlink(missing_ok=True)  # an interrupted earlier rebuild: start over
 
+    landing = landing_sources(cfg)  # listed once: the card must name exactly the files ingested
     reports = [ingest(cfg.format, cfg.path, str(tmp_db), items=cfg.items, column_map=cfg.column_map or None)]
-    for f in landing_sources(cfg):
+    for f in landing:
         reports.append(ingest(cfg.landing_format, str(f), str(tmp_db), column_map=cfg.landing_column_map or None))
 
     with duckdb.connect(str(tmp_db), read_only=True) as con:
@@ -77,7 +81,7 @@ def rebuild_store(cfg: DataConfig, snapshot_dir: str) -> dict:
         "snapshot": {name: {"rows": v["rows"], "sha256": v["sha256"]} for name, v in snapshot.items()},
         "db": str(db),
     }
-    raw_files = [cfg.path] + ([cfg.items] if cfg.items else []) + [str(f) for f in landing_sources(cfg)]
+    raw_files = [cfg.path] + ([cfg.items] if cfg.items else []) + [str(f) for f in landing]
     write_card(
         snapshot_dir,
         "interactions",
