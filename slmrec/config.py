@@ -185,6 +185,39 @@ class AutomationConfig:
     stage_runner: str = "local"  # local (Pipes subprocess) | k8s (Pipes + a GPU pod per heavy stage)
     k8s: K8sConfig = field(default_factory=K8sConfig)
 
+
+@dataclass
+class ServeConfig:
+    """The deployed model: batch recommendations and the HTTP service (slmrec/serve)."""
+
+    k: int = 10  # default list length of batch recommendations and of /recommend without ?k=
+    max_k: int = 100  # k outside 1..max_k is a 422: a bounded answer and a bounded log row
+    cold_start: str = "error"  # error (unknown user / empty history -> 404) | popular (a popularity list, flagged)
+    max_batch: int = 32  # micro-batching: at most this many queued requests share one forward pass
+    max_wait_ms: float = 5.0  # ... or wait at most this long for the batch to fill
+    log_dir: str = "results/serving"  # every served answer, as Parquet (one writer)
+    log_flush_rows: int = 256  # flush the answer log after this many rows ...
+    log_flush_seconds: float = 2.0  # ... or this many seconds, whichever comes first
+    reload_poll_seconds: float = 5.0  # how often the server looks at the promotion record for a new model
+    recommendations_dir: str = "results/recommendations"  # batch recommendations, one Parquet file per partition
+
+
+@dataclass
+class MonitoringConfig:
+    """Evidently reports on the served recommendations and the drift verdict (slmrec/monitor)."""
+
+    k: int = 10  # the cut-off of the quality and bias metrics
+    out_dir: str = "results/monitoring"  # HTML + JSON report per partition
+    score_drift_method: str = "wasserstein"  # Evidently ValueDrift method on the recommendation scores (pinned)
+    score_drift_threshold: float = 0.1  # drift when the method's distance exceeds this
+    max_ndcg_drop: float = 0.3  # relative drop of NDCG@k vs the reference (once ground truth is in)
+    max_coverage_drop: float = 0.3  # relative drop of catalog coverage
+    max_unknown_item_share: float = 0.2  # share of history items the model does not know
+    max_cold_user_share: float = 0.2  # share of requests from users without a usable history
+    min_users: int = 20  # fewer current users than this: no verdict on quality (too noisy), only input checks
+    retrain_cooldown_hours: float = 24.0  # the drift sensor requests at most one retraining per cooldown
+
+
 @dataclass
 class Params:
     data: DataConfig = field(default_factory=DataConfig)
@@ -197,6 +230,8 @@ class Params:
     eval: EvalConfig = field(default_factory=EvalConfig)
     promotion: PromotionConfig = field(default_factory=PromotionConfig)
     automation: AutomationConfig = field(default_factory=AutomationConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
 
 
 def from_dict(cls: type, values: dict[str, Any] | None):
