@@ -13,7 +13,7 @@ import sys
 
 COMMAND_MODULES = [
     "slmrec.data.commands",  # data fetch, ingest, sequences
-    "slmrec.models.commands",  # train-sasrec, train-teacher, train-student, evaluate, experiment
+    "slmrec.stages.commands",  # train-sasrec, train-teacher, train-student, evaluate, experiment
     "slmrec.lineage",  # lineage
 ]
 

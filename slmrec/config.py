@@ -130,7 +130,9 @@ class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
     sampled_negatives: int = 999  # secondary protocol, always labelled "sampled"
     seed: int = 2025
-    exclude_history: bool = False  # full ranking over all items; padding (id 0) is always excluded
+    # remove the user's whole history (every item before the target) from the candidates, as RecBole and
+    # the full-ranking papers on the S3-Rec Amazon files do; drives validation, test and serving alike
+    exclude_history: bool = True
     bootstrap: int = 1000  # paired-bootstrap resamples for 95% CIs of differences
 
 

@@ -51,7 +51,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--rebuild",
         action="store_true",
         help="pipeline stage: rebuild the store from data.path + every landing file, check the contracts, "
-        "then snapshot (see slmrec/data/stage.py)",
+        "then snapshot (see slmrec/stages/data.py)",
     )
     ing.add_argument("--report", help="also write the JSON report to this file (a DVC metric)")
     ing.add_argument("--json", action="store_true", help="print one JSON object")
@@ -146,7 +146,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _rebuild(cfg: DataConfig, args: argparse.Namespace) -> int:
-    from slmrec.data.stage import rebuild_store  # lazy: pulls in Great Expectations
+    from slmrec.stages.data import rebuild_store  # lazy: pulls in Great Expectations
 
     if not cfg.snapshot_dir:
         raise ValueError("--rebuild needs a snapshot folder (--snapshot or data.snapshot_dir)")
@@ -163,7 +163,7 @@ def _rebuild(cfg: DataConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_sequences(args: argparse.Namespace) -> int:
-    from slmrec.data.stage import sequences_stage  # lazy: pulls in Great Expectations
+    from slmrec.stages.data import sequences_stage  # lazy: pulls in Great Expectations
 
     try:
         params = load_params(args.params)

@@ -226,11 +226,6 @@ class DistillationModel(Recommender):
         )
         return terms
 
-    @torch.no_grad()
-    def block_distance(self, batch: dict[str, Tensor]) -> float:
-        """Mean over blocks of the cosine distance (1 - cos) between student and teacher features, any batch."""
-        return float(self.loss_terms(batch, use_cache=False)["cos"])
-
     # -- Recommender API (predictions are the student's)
 
     def calculate_loss(self, batch: dict[str, Tensor]) -> LossOutput:

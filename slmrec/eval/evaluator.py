@@ -15,7 +15,7 @@ import torch
 from slmrec.config import EvalConfig
 from slmrec.eval.metrics import compute_metrics, full_ranks, paired_bootstrap, sampled_ranks
 from slmrec.models.base import Recommender
-from slmrec.train.data import Examples, iter_batches, to_device
+from slmrec.data.examples import Examples, iter_batches, to_device
 
 TIE_RULE = "pessimistic (rank = 1 + #other candidates with score >= target's)"
 
@@ -53,10 +53,32 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def history_mask(input_ids: torch.Tensor, n_cols: int) -> torch.Tensor:
-    """(B, N+1) bool: True for the item ids present in `input_ids (B, L)` (padding column included)."""
-    mask = torch.zeros(input_ids.shape[0], n_cols, dtype=torch.bool, device=input_ids.device)
-    return mask.scatter_(1, input_ids, True)
+def history_mask(history: torch.Tensor, n_cols: int) -> torch.Tensor:
+    """(B, N+1) bool: True for the item ids present in `history (B, H)` (padding column included).
+
+    The one exclusion rule of the protocol: evaluation, validation and serving all call it with
+    the user's *whole* history (every item before the target), not the model's input window.
+    """
+    mask = torch.zeros(history.shape[0], n_cols, dtype=torch.bool, device=history.device)
+    return mask.scatter_(1, history, True)
+
+
+def excluded_items(batch: dict[str, torch.Tensor], cfg: EvalConfig) -> torch.Tensor | None:
+    """The batch's whole histories when the protocol excludes them, else None (loud if they are missing)."""
+    if not cfg.exclude_history:
+        return None
+    if "history" not in batch:
+        raise ValueError(
+            "evaluate: eval.exclude_history is on but the batch has no 'history' (build evaluation sets with "
+            "slmrec.data.examples.make_eval_examples, which keeps each user's whole history)"
+        )
+    return batch["history"]
+
+
+def protocol_text(cfg: EvalConfig) -> str:
+    """The protocol in words, for every table, metrics file and metadata entry."""
+    excluded = "history excluded (every item before the target)" if cfg.exclude_history else "history not excluded"
+    return f"full ranking over all items, {excluded}"
 
 
 def _rank_batches(model: Recommender, examples: Examples, cfg: EvalConfig, batch_size: int, device: torch.device):
@@ -75,10 +97,10 @@ def _rank_batches(model: Recommender, examples: Examples, cfg: EvalConfig, batch
             if tuple(scores.shape) != expected:
                 raise ValueError(f"{type(model).__name__}.full_sort_predict returned {tuple(scores.shape)}, expected {expected}")
             scores = scores.float()
-            exclude = history_mask(batch["input_ids"], scores.shape[1]) if cfg.exclude_history else None
+            history = excluded_items(batch, cfg)  # (B, H) or None
+            exclude = history_mask(history, scores.shape[1]) if history is not None else None
             full.append(full_ranks(scores, batch["target"], exclude).cpu())
             if cfg.sampled_negatives > 0:
-                history = batch["input_ids"] if cfg.exclude_history else None
                 sampled.append(
                     sampled_ranks(scores, batch["target"], cfg.sampled_negatives, generator=generator, history=history).cpu()
                 )
@@ -94,8 +116,8 @@ def evaluate(
 ) -> EvalResult:
     """Rank every example's `target` with `model.full_sort_predict` (eval mode, inference_mode).
 
-    cfg.exclude_history removes the items of the input window from the candidates (never the
-    target). cfg.sampled_negatives = 0 skips the sampled protocol (validation does); its negatives
+    cfg.exclude_history removes the user's whole history (the batch's `history`, every item before
+    the target) from the candidates; the target itself is never removed. cfg.sampled_negatives = 0 skips the sampled protocol (validation does); its negatives
     come from one generator seeded with cfg.seed and drawn batch after batch, so they are fixed by
     (seed, example order, batch_size).
     Ties count against the target (metrics.py), so models should return float32 scores: bf16
@@ -123,7 +145,7 @@ def evaluate(
         latency_ms=1000.0 * float(np.mean(seconds)),
         batch_size=batch_size,
         protocol={
-            "full": f"full ranking over items 1..{model.n_items} (padding excluded)",
+            "full": f"{protocol_text(cfg)}; items 1..{model.n_items} (padding excluded)",
             "sampled": (
                 f"sampled: target vs {n_neg_used} uniform negatives without replacement, seed {cfg.seed}"
                 if s_ranks is not None

@@ -1,6 +1,6 @@
 """The interface every recommender implements (RecBole style), and what the training loop relies on.
 
-A batch is a dict of tensors (built by `slmrec.train.data`):
+A batch is a dict of tensors (built by `slmrec.data.examples`):
 
     input_ids (B, L)  item ids, left-padded with 0 (the most recent item is in the last column)
     targets   (B, L)  the next item after each input position; 0 = no target there

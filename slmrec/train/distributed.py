@@ -212,7 +212,7 @@ def main_train_sasrec(splits_dir: str | Path, ckpt_dir: str | Path, params_path:
     or in one process. Checkpoints: ckpt_dir/{last,best}.pt (rank 0). Returns the FitResult."""
     from slmrec.config import load_params
     from slmrec.data.sequences import load_splits
-    from slmrec.train.data import make_eval_examples, make_train_examples
+    from slmrec.data.examples import make_eval_examples, make_train_examples
 
     info = init_from_env()
     try:

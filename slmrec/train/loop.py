@@ -55,7 +55,7 @@ from slmrec.train.checkpoint import (
     save_atomic,
     set_rng_state,
 )
-from slmrec.train.data import Examples, epoch_order, iter_batch_rows, num_batches, shard_rows, to_device
+from slmrec.data.examples import Examples, epoch_order, iter_batch_rows, num_batches, shard_rows, to_device
 from slmrec.train.distributed import (
     all_gather_object,
     all_reduce_grads,
@@ -121,9 +121,10 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int, tota
     return LambdaLR(optimizer, factor)
 
 
-def default_evaluate_fn(batch_size: int, device: torch.device) -> EvaluateFn:
-    """Full-ranking validation metrics (no sampled protocol: it is not used for selection)."""
-    cfg = EvalConfig(sampled_negatives=0)
+def default_evaluate_fn(batch_size: int, device: torch.device, eval_cfg: EvalConfig | None = None) -> EvaluateFn:
+    """Validation metrics under the test protocol (`eval_cfg`: full ranking, the same history exclusion);
+    the sampled variant is skipped: it is not used for selection."""
+    cfg = dataclasses.replace(eval_cfg or EvalConfig(), sampled_negatives=0)
 
     def evaluate_fn(model: Recommender, examples: Examples) -> dict[str, float]:
         return evaluate(model, examples, cfg, batch_size=batch_size, device=device).metrics
@@ -188,6 +189,7 @@ def fit(
     log: Callable[[str], None] = print,
     on_step: Callable[[int], None] | None = None,
     restore_best: bool = True,
+    eval_cfg: EvalConfig | None = None,
 ) -> FitResult:
     """Train `model` on `train_examples`, select on `valid_examples`; checkpoints in `ckpt_dir`.
 
@@ -199,6 +201,8 @@ def fit(
     on_step(step): called after every optimizer step (and its checkpoint); tests raise from it
       to simulate a killed run.
     restore_best: on return the model holds best.pt's weights (else the last weights).
+    eval_cfg: the protocol of the default evaluate_fn (params.eval; default EvalConfig()), so that
+      validation masks the history exactly as the test table does.
 
     Under torchrun, call it on every rank with the model on that rank's device (DistInfo.device)
     and the same arguments; every rank returns the same FitResult and weights.
@@ -218,7 +222,7 @@ def fit(
     n_batches = num_batches(len(train_examples), cfg.batch_size)
     total_steps = math.ceil(n_batches / cfg.grad_accum) * cfg.epochs
     scheduler = cosine_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
-    evaluate_fn = evaluate_fn or default_evaluate_fn(cfg.eval_batch_size, device)
+    evaluate_fn = evaluate_fn or default_evaluate_fn(cfg.eval_batch_size, device, eval_cfg)
     data_hash = f"{train_examples.content_hash()}:{valid_examples.content_hash()}"
     extra_state = extra_state or {}
     ckpt_dir = Path(ckpt_dir)

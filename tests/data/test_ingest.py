@@ -254,7 +254,7 @@ def test_cli_params_with_unknown_key_exits_2(tmp_path, capsys):
 
 
 def test_cli_sequences_passes_params_to_the_stage(tmp_path, capsys, monkeypatch):
-    import slmrec.data.stage as stage
+    import slmrec.stages.data as stage
 
     calls = []
 

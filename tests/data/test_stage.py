@@ -7,7 +7,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-import slmrec.data.stage as stage
+import slmrec.stages.data as stage
 from data_contracts import ContractViolation, validate
 from slmrec.config import DataConfig, SequenceConfig
 from slmrec.lineage import read_card, trace, mismatches

@@ -8,7 +8,7 @@ from torch import nn
 from slmrec.config import EvalConfig
 from slmrec.eval.evaluator import evaluate, results_table
 from slmrec.models.base import LossOutput, Recommender, mask_padding_column
-from slmrec.train.data import make_eval_examples
+from slmrec.data.examples import make_eval_examples
 
 torch.set_num_threads(2)
 
@@ -61,14 +61,29 @@ def test_evaluate_full_ranking_by_hand():
     assert res.n_users == 3 and res.users_per_s > 0 and res.latency_ms > 0
 
 
-def test_evaluate_exclude_history():
+def test_evaluate_excludes_the_whole_history_not_the_window():
     model = FixedScores(n_items=10)
-    examples = make_eval_examples([([9, 10], 8)], max_len=4)  # 9 and 10 beat the target unless excluded
-    full = evaluate(model, examples, EvalConfig(sampled_negatives=0), batch_size=4)
-    excl = evaluate(model, examples, EvalConfig(sampled_negatives=0, exclude_history=True), batch_size=4)
-    assert full.ranks.tolist() == [3]
-    assert excl.ranks.tolist() == [1]
+    # 9 and 10 beat the target 8 unless excluded; they are older than the model's 2-item window
+    examples = make_eval_examples([([9, 10, 1, 2], 8), ([9], 10)], max_len=2)
+    assert examples.input_ids.tolist()[0] == [1, 2] and examples.history.shape == (2, 4)
+    kept = evaluate(model, examples, EvalConfig(sampled_negatives=0, exclude_history=False), batch_size=4)
+    excl = evaluate(model, examples, EvalConfig(sampled_negatives=0), batch_size=1)  # the default protocol
+    assert kept.ranks.tolist() == [3, 1]
+    assert excl.ranks.tolist() == [1, 1]
     assert excl.protocol["exclude_history"] is True
+    assert "history excluded" in excl.protocol["full"] and "history not excluded" in kept.protocol["full"]
+    # sampled negatives never come from the history either: 9 and 10 cannot outrank the target
+    sampled = evaluate(model, examples, EvalConfig(sampled_negatives=9), batch_size=4)
+    assert sampled.sampled_ranks.tolist()[0] == 1
+
+
+def test_evaluate_refuses_to_exclude_without_histories():
+    from slmrec.data.examples import Examples
+
+    bare = make_eval_examples([([1, 2], 8)], max_len=2)
+    bare = Examples(bare.input_ids, bare.targets, bare.user)  # built by hand, no history
+    with pytest.raises(ValueError, match="no 'history'"):
+        evaluate(FixedScores(n_items=10), bare, EvalConfig(sampled_negatives=0))
 
 
 def test_evaluate_sampled_is_labelled_and_seeded():

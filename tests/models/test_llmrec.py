@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from slmrec.config import LLMRecConfig, TrainConfig
 from slmrec.models.backbones import load_backbone
 from slmrec.models.llmrec import LLMRec, attention_bias
-from slmrec.train.data import make_eval_examples, make_train_examples
+from slmrec.data.examples import make_eval_examples, make_train_examples
 from slmrec.train.loop import fit
 
 torch.set_num_threads(1)  # tiny matrices: one thread is fastest and fair to the other jobs on the machine

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from slmrec.config import EvalConfig, SASRecConfig, TrainConfig
 from slmrec.eval.evaluator import evaluate
 from slmrec.models.sasrec import SASRec, attention_mask, ce_loss
-from slmrec.train.data import make_eval_examples, make_train_examples
+from slmrec.data.examples import make_eval_examples, make_train_examples
 from slmrec.train.loop import fit
 
 torch.set_num_threads(2)

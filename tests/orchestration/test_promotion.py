@@ -21,7 +21,7 @@ from orchestration.promotion import MODELS, best_validation, judge, random_expec
 from slmrec.config import PromotionConfig, SASRecConfig
 from slmrec.lineage import write_card
 from slmrec.models.sasrec import SASRec
-from slmrec.models.stages import save_model
+from slmrec.stages.models import save_model
 
 REPO = Path(__file__).resolve().parents[2]
 N_ITEMS = 40

@@ -21,7 +21,7 @@ import torch
 
 from slmrec.config import LLMRecConfig, SASRecConfig, TrainConfig
 from slmrec.train.checkpoint import save_atomic
-from slmrec.train.data import make_eval_examples, make_train_examples
+from slmrec.data.examples import make_eval_examples, make_train_examples
 from slmrec.train.distributed import cleanup, init_from_env, train_sasrec
 from slmrec.train.loop import fit
 

@@ -7,7 +7,7 @@ import torch
 from slmrec.config import SASRecConfig, TrainConfig
 from slmrec.models.sasrec import SASRec
 from slmrec.train.checkpoint import get_rng_state, load_checkpoint, load_model, save_atomic, set_rng_state
-from slmrec.train.data import make_eval_examples, make_train_examples
+from slmrec.data.examples import make_eval_examples, make_train_examples
 from slmrec.train.loop import fit
 
 torch.set_num_threads(2)

@@ -21,7 +21,7 @@ import torch
 
 from slmrec.config import SequenceConfig, TrainConfig
 from slmrec.train.checkpoint import load_checkpoint
-from slmrec.train.data import shard_rows
+from slmrec.data.examples import shard_rows
 from slmrec.train.distributed import DistInfo, init_from_env, main as distributed_main
 from slmrec.train.loop import _check_config
 

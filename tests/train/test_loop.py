@@ -9,7 +9,7 @@ from slmrec.config import SASRecConfig, TrainConfig
 from slmrec.models.base import LossOutput, Recommender
 from slmrec.models.sasrec import SASRec
 from slmrec.train.checkpoint import load_checkpoint
-from slmrec.train.data import make_eval_examples, make_train_examples
+from slmrec.data.examples import make_eval_examples, make_train_examples
 from slmrec.train.loop import cosine_with_warmup, fit
 
 torch.set_num_threads(2)

@@ -19,9 +19,9 @@ import pyarrow.parquet as pq
 
 from slmrec.config import DataConfig, Params, load_params
 from slmrec.data.commands import parse_column_map
-from slmrec.data.stage import rebuild_store, sequences_stage
+from slmrec.stages.data import rebuild_store, sequences_stage
 from slmrec.lineage import atomic_write_text, write_card
-from slmrec.models.stages import evaluate_models, train_llm, train_sasrec
+from slmrec.stages.models import evaluate_models, train_llm, train_sasrec
 
 # Layer counts per profile: the paper's 8 -> 4 with B = 4 where the backbone has the depth.
 PROFILE_DEFAULTS = {

@@ -4,22 +4,26 @@
     targets   (B, L)  next item after each input position (0 = none)
     target    (B,)    the last target (= targets[:, -1])
     idx       (B,)    row of the example in its `Examples` (stable: keys the teacher-feature cache)
+    history   (B, H)  evaluation only: the user's *whole* history before the target, left-padded
+                      with 0 (H = the longest history in the set, often > L): the items the
+                      protocol removes from the candidates (slmrec/eval/evaluator.py)
 
 Training: each user's train sequence s gives input = s[:-1], targets = s[1:]; sequences longer
 than max_len are cut into consecutive windows of max_len counted from the end, so every
 transition is trained exactly once. Users with fewer than 2 train items have no transition:
-they give no example and are listed in `Examples.skipped_users`.
+they give no example.
 
 Evaluation: (history, target) -> input = history[-max_len:], targets = (history + [target])
-shifted by one, so `target` is the last column of `targets`. An empty history is a valid
-(cold) user: an all-padding row.
+shifted by one, so `target` is the last column of `targets`; `history` keeps every item before
+the target, not only the L the model reads. An empty history is a valid (cold) user: an
+all-padding row.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -33,7 +37,7 @@ class Examples(Dataset):
     input_ids: Tensor  # (N, L) long
     targets: Tensor  # (N, L) long
     user: Tensor  # (N,) long: the user's row in the split the example came from
-    skipped_users: list[int] = field(default_factory=list)  # users that gave no example (too short)
+    history: Tensor | None = None  # (N, H) long: whole history before the target (evaluation sets only)
 
     def __post_init__(self):
         n, length = self.input_ids.shape
@@ -42,6 +46,8 @@ class Examples(Dataset):
                 f"Examples: shapes disagree: input_ids {tuple(self.input_ids.shape)}, "
                 f"targets {tuple(self.targets.shape)}, user {tuple(self.user.shape)}"
             )
+        if self.history is not None and (self.history.dim() != 2 or self.history.shape[0] != n):
+            raise ValueError(f"Examples: history must be (N={n}, H), got {tuple(self.history.shape)}")
 
     @property
     def max_len(self) -> int:
@@ -51,31 +57,24 @@ class Examples(Dataset):
         return self.input_ids.shape[0]
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
-        return {
-            "input_ids": self.input_ids[i],
-            "targets": self.targets[i],
-            "target": self.targets[i, -1],
-            "idx": torch.tensor(i, dtype=torch.long),
-        }
+        return {key: value[0] for key, value in self.batch(torch.tensor([i])).items()}
 
     def batch(self, rows: Tensor) -> dict[str, Tensor]:
         """The batch of the given example rows (fast path: one gather per tensor)."""
         rows = rows.long()
         targets = self.targets[rows]  # (B, L)
-        return {"input_ids": self.input_ids[rows], "targets": targets, "target": targets[:, -1], "idx": rows}
+        batch = {"input_ids": self.input_ids[rows], "targets": targets, "target": targets[:, -1], "idx": rows}
+        if self.history is not None:
+            batch["history"] = self.history[rows]  # (B, H)
+        return batch
 
     def content_hash(self) -> str:
         """sha256 over the example tensors: identifies the training data in checkpoints."""
         h = hashlib.sha256()
-        for t in (self.input_ids, self.targets, self.user):
+        for t in (self.input_ids, self.targets, self.user, *([] if self.history is None else [self.history])):
             h.update(str(tuple(t.shape)).encode())
             h.update(t.contiguous().numpy().tobytes())
         return h.hexdigest()
-
-
-def collate(items: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
-    """Stack `Examples.__getitem__` dicts into a batch (for a torch DataLoader)."""
-    return {key: torch.stack([item[key] for item in items]) for key in items[0]}
 
 
 def _check_items(seq: Sequence[int], where: str) -> None:
@@ -104,13 +103,12 @@ def make_train_examples(
         raise ValueError(f"make_train_examples: max_len must be >= 1, got {max_len}")
     if windows_per_user is not None and windows_per_user < 1:
         raise ValueError(f"make_train_examples: windows_per_user must be >= 1 or None, got {windows_per_user}")
-    inputs, targets, users, skipped = [], [], [], []
+    inputs, targets, users = [], [], []
     for u, seq in enumerate(train_seqs):
         seq = [int(i) for i in seq]
         _check_items(seq, f"train sequence of user row {u}")
         if len(seq) < 2:
-            skipped.append(u)
-            continue
+            continue  # no transition to train on
         src, dst = seq[:-1], seq[1:]
         end = len(src)
         windows = []
@@ -127,7 +125,6 @@ def make_train_examples(
         input_ids=_left_pad(inputs, max_len),
         targets=_left_pad(targets, max_len),
         user=torch.tensor(users, dtype=torch.long),
-        skipped_users=skipped,
     )
 
 
@@ -135,17 +132,19 @@ def make_eval_examples(pairs: Sequence[tuple[Sequence[int], int]], max_len: int)
     """One example per (history, target) pair, in the given order (row i = pair i)."""
     if max_len < 1:
         raise ValueError(f"make_eval_examples: max_len must be >= 1, got {max_len}")
-    inputs, targets = [], []
+    inputs, targets, histories = [], [], []
     for u, (history, target) in enumerate(pairs):
         history = [int(i) for i in history]
         _check_items(history + [int(target)], f"evaluation pair {u}")
         full = history + [int(target)]
         inputs.append(history[-max_len:])
         targets.append(full[1:][-max_len:] if history else [int(target)])
+        histories.append(history)
     return Examples(
         input_ids=_left_pad(inputs, max_len),
         targets=_left_pad(targets, max_len),
         user=torch.arange(len(pairs), dtype=torch.long),
+        history=_left_pad(histories, max(1, max((len(h) for h in histories), default=1))),
     )
 
 

@@ -69,7 +69,7 @@ def _log_to_stderr(json_mode: bool):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from slmrec.models.stages import train_llm, train_sasrec
+    from slmrec.stages.models import train_llm, train_sasrec
 
     log = _log_to_stderr(args.json)
     try:
@@ -98,7 +98,7 @@ def parse_models(specs: list[str]) -> dict[str, str]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from slmrec.models.stages import evaluate_models
+    from slmrec.stages.models import evaluate_models
 
     log = _log_to_stderr(args.json)
     try:
@@ -120,7 +120,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from slmrec.experiment import run_experiment
+    from slmrec.stages.experiment import run_experiment
 
     log = _log_to_stderr(args.json)
     try:

@@ -32,7 +32,7 @@ from slmrec.models.base import Recommender
 from slmrec.models.llmrec import LLMRec
 from slmrec.models.sasrec import SASRec
 from slmrec.train.checkpoint import load_model, model_class_path, save_atomic
-from slmrec.train.data import make_eval_examples, make_train_examples
+from slmrec.data.examples import make_eval_examples, make_train_examples
 from slmrec.train.loop import FitResult, fit
 
 MODEL_FILE, TRAIN_FILE = "model.pt", "train.json"
@@ -91,7 +91,7 @@ def train_sasrec(split_dir: str, params: Params, out_dir: str, runs_dir: str = "
     torch.manual_seed(tcfg.seed)
     model = SASRec(splits.n_items, cfg).to(resolve_device(params.llm.device))
     ckpt = Path(runs_dir) / "sasrec" / _key(to_dict(cfg), to_dict(tcfg), splits.dataset_hash)
-    result = fit(model, train, valid, tcfg, ckpt, log=log)
+    result = fit(model, train, valid, tcfg, ckpt, log=log, eval_cfg=params.eval)
     counts = {"total": model.num_parameters(), "trainable": model.num_parameters(trainable_only=True)}
     return _finish("sasrec", model, result, Path(out_dir),
                    {"sasrec": to_dict(cfg), "train": to_dict(tcfg)}, [split_dir], counts)
@@ -138,7 +138,7 @@ def train_llm(
         run_params["distill"] = to_dict(params.distill)
         extra = {"teacher_hash": model.teacher_hash}
     ckpt = Path(runs_dir) / name / _key(run_params, splits.dataset_hash, extra)
-    result = fit(model, train, valid, tcfg, ckpt, extra_state=extra or None, log=log)
+    result = fit(model, train, valid, tcfg, ckpt, extra_state=extra or None, log=log, eval_cfg=params.eval)
     deployable = model.student if teacher_dir is not None else model
     return _finish(name, deployable, result, Path(out_dir), run_params, parents, model.parameter_counts(), extra)
 

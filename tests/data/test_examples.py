@@ -2,10 +2,8 @@ from collections import Counter
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
-from slmrec.train.data import (
-    collate,
+from slmrec.data.examples import (
     epoch_order,
     iter_batches,
     make_eval_examples,
@@ -23,7 +21,7 @@ def transitions(examples):
 def test_train_examples_windows_from_the_end():
     seqs = [[1, 2, 3, 4], [5], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [7, 8]]
     ex = make_train_examples(seqs, max_len=4)
-    assert ex.skipped_users == [1]  # a single item has no transition
+    assert 1 not in ex.user.tolist()  # a single item has no transition: no example
     rows = ex.input_ids.tolist()
     targets = ex.targets.tolist()
     # user 2 has 9 transitions: windows of 4 from the end -> [1], [2..5], [6..9], oldest first
@@ -53,7 +51,7 @@ def test_bad_ids_and_lengths_are_errors():
         make_train_examples([[1, 2]], 0)
 
 
-def test_order_batches_and_collate():
+def test_order_and_batches():
     ex = make_train_examples([[i, i + 1, i + 2] for i in range(1, 11)], max_len=3)
     a, b = epoch_order(len(ex), seed=1, epoch=0), epoch_order(len(ex), seed=1, epoch=0)
     assert torch.equal(a, b)
@@ -63,10 +61,6 @@ def test_order_batches_and_collate():
     assert len(batches) == num_batches(10, 4) == 3
     assert torch.cat([b["idx"] for b in batches]).tolist() == a.tolist()
     assert [b["idx"].tolist() for b in iter_batches(ex, 4, a, start=2)] == [batches[2]["idx"].tolist()]
-    loaded = next(iter(DataLoader(ex, batch_size=4, collate_fn=collate)))
-    direct = ex.batch(torch.arange(4))
-    assert loaded.keys() == direct.keys()
-    assert all(torch.equal(loaded[k], direct[k]) for k in direct)
     assert ex.content_hash() == make_train_examples([[i, i + 1, i + 2] for i in range(1, 11)], 3).content_hash()
 
 
