@@ -52,16 +52,16 @@ import torch
 
 from slmrec.config import EvalConfig, Params, from_dict, load_params, to_dict
 from slmrec.data.sequences import load_splits
-from slmrec.data.stage import sequences_stage
+from slmrec.stages.data import sequences_stage
 from slmrec.distill.distiller import DistillationModel
 from slmrec.eval.evaluator import evaluate
-from slmrec.experiment import PROFILE_DEFAULTS, sample_users
+from slmrec.stages.experiment import PROFILE_DEFAULTS, sample_users
 from slmrec.lineage import atomic_write_text
 from slmrec.models.backbones import load_backbone, resolve_device
 from slmrec.models.llmrec import LLMRec
 from slmrec.models.sasrec import SASRec
-from slmrec.models.stages import evaluate_models, item_table, train_llm, train_sasrec
-from slmrec.train.data import epoch_order, iter_batch_rows, make_eval_examples, make_train_examples, to_device
+from slmrec.stages.models import evaluate_models, item_table, train_llm, train_sasrec
+from slmrec.data.examples import epoch_order, iter_batch_rows, make_eval_examples, make_train_examples, to_device
 
 REPO = Path(__file__).resolve().parents[1]
 MARK = "@@bench "  # prefix of the worker's protocol lines on stdout (anything else printed there is ignored)

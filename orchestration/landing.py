@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 from slmrec.config import load_params
-from slmrec.data.stage import LANDING_NAME
+from slmrec.stages.data import LANDING_NAME
 from slmrec.hashing import sha256_file
 from orchestration.pipeline import PROJECT_DIR
 
