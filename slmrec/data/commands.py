@@ -17,7 +17,7 @@ import yaml
 from slmrec.config import DataConfig, load_params
 from slmrec.data.fetch import fetch_ml100k
 from slmrec.data.ingest import export_snapshot, ingest
-from slmrec.data.readers import READERS
+from slmrec.data.readers import READERS, column_map_hint
 from slmrec.lineage import atomic_write_text
 
 FETCHERS = {"ml-100k": fetch_ml100k}
@@ -45,7 +45,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ing.add_argument("--path", help="interactions file")
     ing.add_argument("--items", help="item/metadata file ('' = none)")
     ing.add_argument("--db", help="DuckDB file")
-    ing.add_argument("--column-map", type=parse_column_map, help="events: user_id=uid,item_id=iid,ts=time[,rating=..]")
+    ing.add_argument(
+        "--column-map",
+        type=parse_column_map,
+        help="events: user_id=uid,item_id=iid,ts=time[,rating=..,event=..]; columns not named here are "
+        "recognised by their usual names (userId, visitorid, movieId, itemid, asin, timestamp, ...)",
+    )
     ing.add_argument("--snapshot", help="also export the Parquet snapshot into this folder")
     ing.add_argument(
         "--rebuild",
@@ -130,14 +135,19 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             atomic_write_text(args.report, json.dumps(report, indent=2) + "\n")
     except EXPECTED as err:
         return _fail("ingest", err)
-    reasons = ", ".join(f"{k}={v}" for k, v in report["quarantine_reasons"].items()) or "none"
-    lines = [
-        f"{report['source_file']} -> {report['db']} (batch {report['batch_id']})"
-        + ("  already ingested: nothing written" if report["already_ingested"] else ""),
-        f"rows read {report['rows_read']}: accepted {report['accepted']}, "
-        f"quarantined {report['quarantined']} ({reasons})",
-        f"users {report['users']}, items {report['items']}, catalog items {report['catalog_items']}",
+    lines = [f"{report['source_file']} -> {report['db']} (batch {report['batch_id']})"]
+    if report["column_map"]:
+        lines.append(f"columns: {column_map_hint(report['column_map'])}")
+    counts = report["original_batch"] if report["already_ingested"] else report
+    reasons = ", ".join(f"{k}={v}" for k, v in counts["quarantine_reasons"].items()) or "none"
+    summary = [
+        f"rows read {counts['rows_read']}: accepted {counts['accepted']}, quarantined {counts['quarantined']} ({reasons})",
+        f"users {counts['users']}, items {counts['items']}, catalog items {counts['catalog_items']}",
     ]
+    if report["already_ingested"]:
+        lines.append(f"already ingested ({counts['ingested_at']}): nothing written now; when it was stored:")
+        summary = ["  " + line for line in summary]
+    lines += summary
     if "snapshot" in report:
         for v in report["snapshot"].values():
             lines.append(f"snapshot {v['path']}: {v['rows']} rows, sha256={v['sha256'][:12]}")

@@ -11,12 +11,20 @@ the first reason that applies, in this order:
     unparseable (set by the reader) > missing_user > missing_item > bad_timestamp
       > bad_rating > duplicate_event (same user, item, ts earlier in the batch or already stored)
 
-Timestamps: numbers are unix seconds, or milliseconds when the batch's median is above 1e11;
-other text is parsed as an ISO date-time (UTC when it has no offset). Valid range: 0 .. 2100-01-01.
+Timestamps: numeric text is a unix time whose unit is decided once per batch from the median
+of its numeric values: seconds (median <= 1e11), milliseconds (<= 1e14, e.g. RetailRocket),
+microseconds (<= 1e17) or nanoseconds; fractions are floored to whole seconds. A value whose own
+magnitude says another unit than its batch's (a seconds value in a milliseconds log) is
+`bad_timestamp`, never silently moved to 1970. Other text is parsed as an ISO-8601 date-time or
+date (UTC when it has no offset). Valid range: 1970-01-01 .. 2100-01-01.
 A rating may be absent; when present it must be a finite number.
 
 `rows_read` counts candidate rows: events, plus lines that could not be split (for seqtxt and
 usermap-json one line holds many events). Always `accepted + quarantined == rows_read`.
+
+Ingesting a batch that is already stored (same format, file bytes, item-file bytes and column
+map) writes nothing: its report says `already_ingested: true` with rows_read = accepted =
+quarantined = 0, and the counts recorded when the batch was first stored under `original_batch`.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import hashlib
 import json
 import os
 import tempfile
+import dataclasses
 from dataclasses import asdict, dataclass, field
 
 import duckdb
@@ -32,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from slmrec.data.readers import READERS, ReadResult
+from slmrec.data.readers import AMAZON_FIELDS, READERS, ReadResult, event_columns
 from slmrec.hashing import sha256_file
 
 MAX_TS = 4102444800  # 2100-01-01T00:00:00Z: later timestamps are absurd
@@ -80,6 +89,8 @@ class IngestReport:
     items: int = 0  # distinct items in this batch's accepted rows
     catalog_items: int = 0  # rows written to `items` from the item file
     catalog_duplicates: int = 0  # item-file records skipped: their id appeared earlier in the file
+    column_map: dict[str, str] = field(default_factory=dict)  # canonical -> source column the reader used
+    original_batch: dict | None = None  # already_ingested: the counts recorded when the batch was stored
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,7 +110,7 @@ def ingest(fmt: str, path: str, db: str, items: str | None = None, column_map: d
     reader, column_map = READERS[fmt], dict(column_map or {})
     file_sha = sha256_file(path)  # FileNotFoundError names the path
     batch_id = make_batch_id(fmt, file_sha, sha256_file(items) if items else None, column_map)
-    batch = Batch(fmt, path, items, file_sha, batch_id, db)
+    batch = Batch(fmt, path, items, file_sha, batch_id, db, given_map=tuple(sorted(column_map.items())))
 
     if os.path.exists(db):  # cheap check before parsing a big file again
         with duckdb.connect(db) as con:
@@ -108,6 +119,7 @@ def ingest(fmt: str, path: str, db: str, items: str | None = None, column_map: d
 
     read = reader.read(path, column_map)  # everything is parsed before the store is touched
     catalog = reader.read_items(items) if items else None
+    batch = dataclasses.replace(batch, column_map=read.column_map)
 
     new_store = not os.path.exists(db)
     try:
@@ -141,6 +153,8 @@ class Batch:
     sha256: str
     batch_id: str
     db: str
+    column_map: dict | None = None  # what the reader used (None: not read yet)
+    given_map: tuple = ()  # the column map the caller gave, as sorted items
 
     @property
     def source(self) -> str:  # file name only: the snapshot must not depend on where the file sat
@@ -191,11 +205,17 @@ WITH parsed AS (
         TRY_CAST(rating AS DOUBLE) AS rating_num,
         NULLIF(trim(event), '') AS ev
     FROM _candidates
-), unit AS (  -- milliseconds when the batch's numeric timestamps are mostly above 1e11
-    SELECT CASE WHEN median(ts_num) FILTER (WHERE isfinite(ts_num)) > $ms THEN 1000 ELSE 1 END AS div FROM parsed
+), unit AS (  -- one unit per batch, from the median magnitude of its numeric timestamps
+    SELECT CASE WHEN m IS NULL OR m <= $ms THEN 1 WHEN m <= 1e14 THEN 1000 WHEN m <= 1e17 THEN 1000000
+                ELSE 1000000000 END AS div
+    FROM (SELECT median(abs(ts_num)) FILTER (WHERE abs(ts_num) <= $max_ts * 1e9) AS m FROM parsed)  -- plausible values
 ), timed AS (
     SELECT parsed.*,
-        CASE WHEN ts_num IS NOT NULL THEN CASE WHEN isfinite(ts_num) THEN floor(ts_num / unit.div) END
+        CASE WHEN ts_num IS NOT NULL THEN
+                 CASE WHEN isfinite(ts_num) AND (CASE WHEN abs(ts_num) <= $ms THEN 1 WHEN abs(ts_num) <= 1e14 THEN 1000
+                                                      WHEN abs(ts_num) <= 1e17 THEN 1000000 ELSE 1000000000 END)
+                                                = unit.div
+                      THEN floor(ts_num / unit.div) END  -- NULL: not finite, or another unit than the batch's
              ELSE epoch(TRY_CAST(trim(ts) AS TIMESTAMPTZ)) END AS ts_s
     FROM parsed, unit
 )
@@ -274,6 +294,7 @@ def _write_batch(con, batch: Batch, read: ReadResult, catalog: pa.Table | None) 
         format=batch.fmt, source_file=batch.source, db=batch.db, batch_id=batch.batch_id, already_ingested=False,
         rows_read=rows_read, accepted=accepted, quarantined=quarantined, quarantine_reasons=reasons,
         users=users, items=n_items, catalog_items=catalog_items, catalog_duplicates=catalog_duplicates,
+        column_map=dict(batch.column_map or {}),
     )  # fmt: skip
 
 
@@ -301,18 +322,35 @@ def _write_items(con, catalog: pa.Table, items_path: str) -> tuple[int, int]:
 
 
 def _recorded_report(con, batch: Batch) -> IngestReport:
-    """The report of a batch that is already stored (nothing is written)."""
-    query = "SELECT rows_read, accepted, quarantined, catalog_items FROM ingest_batches WHERE batch_id = ?"
-    rows_read, accepted, quarantined, catalog_items = _all(con, query, [batch.batch_id])[0]
+    """The report of a batch that is already stored: nothing written now, the stored counts aside."""
+    query = """SELECT rows_read, accepted, quarantined, catalog_items, source_file, CAST(ingested_at AS VARCHAR)
+               FROM ingest_batches WHERE batch_id = ?"""
+    rows_read, accepted, quarantined, catalog_items, source_file, ingested_at = _all(con, query, [batch.batch_id])[0]
     query = "SELECT count(DISTINCT user_id), count(DISTINCT item_id) FROM raw_interactions WHERE batch_id = ?"
     users, n_items = _all(con, query, [batch.batch_id])[0]
     query = "SELECT reason, count(*) FROM quarantine WHERE batch_id = ? GROUP BY reason ORDER BY reason"
     reasons = dict(_all(con, query, [batch.batch_id]))
+    original = {
+        "source_file": source_file, "ingested_at": ingested_at, "rows_read": rows_read, "accepted": accepted,
+        "quarantined": quarantined, "quarantine_reasons": reasons, "users": users, "items": n_items,
+        "catalog_items": catalog_items,
+    }  # fmt: skip
     return IngestReport(
         format=batch.fmt, source_file=batch.source, db=batch.db, batch_id=batch.batch_id, already_ingested=True,
-        rows_read=rows_read, accepted=accepted, quarantined=quarantined, quarantine_reasons=reasons,
-        users=users, items=n_items, catalog_items=catalog_items,
+        rows_read=0, accepted=0, quarantined=0, quarantine_reasons={}, users=0, items=0, catalog_items=0,
+        column_map=_column_map_of(batch), original_batch=original,
     )  # fmt: skip
+
+
+def _column_map_of(batch: Batch) -> dict[str, str]:
+    """The column map the reader uses for this batch's file, without reading its rows (for a re-ingest)."""
+    if batch.column_map is not None:
+        return dict(batch.column_map)
+    if batch.fmt == "events":
+        return event_columns(batch.path, dict(batch.given_map))
+    if batch.fmt == "amazon-json":
+        return dict(AMAZON_FIELDS)
+    return {}
 
 
 # ----------------------------------------------------------------------------- snapshot

@@ -26,7 +26,7 @@ import gzip
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import duckdb
@@ -60,6 +60,7 @@ REQUIRED = ("user_id", "item_id", "ts")
 class ReadResult:
     events: pa.Table  # EVENT_SCHEMA
     lines: pa.Array | None = None  # lines[row_number - 1] = raw text of that row (None: rebuilt from fields)
+    column_map: dict[str, str] = field(default_factory=dict)  # canonical -> source column/key the reader used
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,8 @@ def read_recbole(path: str, column_map: dict[str, str]) -> ReadResult:
     )
     bad = np.flatnonzero(~np.asarray(ok, dtype=bool))
     rejects = _rejects(pa.array(row_numbers[bad]), pc.take(data, pa.array(bad, pa.int64())), "unparseable")
-    return ReadResult(_concat(events, rejects), lines)
+    used = {"user_id": "user_id", "item_id": "item_id", "ts": "timestamp", "rating": "rating", "event": "event"}
+    return ReadResult(_concat(events, rejects), lines, {c: n for c, n in used.items() if n in col})
 
 
 def _rank_within(groups: np.ndarray) -> np.ndarray:
@@ -340,9 +342,9 @@ def _flatten(value) -> list:
 # ----------------------------------------------------------------------------- JSON lines
 
 
-def _json_lines(path: str, fields: dict[str, str], literal_fallback: bool) -> ReadResult:
+def _json_lines(path: str, fields: dict[str, str], literal_fallback: bool, lines: pa.Array | None = None) -> ReadResult:
     """JSON objects, one a line; `fields` maps canonical column -> key. Extraction runs in DuckDB."""
-    lines = split_lines(read_text(path))
+    lines = split_lines(read_text(path)) if lines is None else lines
     con = duckdb.connect()
     con.register("src", pa.table({"raw": lines}))
     valid = np.asarray(con.sql("SELECT coalesce(json_valid(raw), false) FROM src").to_arrow_table().column(0), bool)
@@ -378,7 +380,7 @@ def _json_lines(path: str, fields: dict[str, str], literal_fallback: bool) -> Re
         raw=pc.if_else(bad, lines, pa.nulls(len(lines), pa.string())),
         reason=reason,
     )
-    return ReadResult(events, lines)
+    return ReadResult(events, lines, dict(fields))
 
 
 def _literal_to_json(line: str) -> str:
@@ -424,20 +426,72 @@ def read_amazon_meta(path: str) -> pa.Table:
 
 # ----------------------------------------------------------------------------- events
 
+# Column names recognised without a column map, compared case- and separator-insensitively
+# ("userId", "user_id", "User ID" are one name). Order inside a list does not matter: two columns
+# that both match one canonical name are ambiguous, never silently chosen between.
+COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
+    "user_id": ("user_id", "user", "userid", "uid", "visitorid", "visitor_id", "customer_id", "customer",
+                "reviewerid", "member_id", "client_id"),
+    "item_id": ("item_id", "item", "itemid", "iid", "movieid", "movie_id", "product_id", "productid", "product",
+                "asin", "article_id", "sku", "track_id"),
+    "ts": ("ts", "timestamp", "time", "datetime", "date_time", "event_time", "eventtime", "unixreviewtime",
+           "created_at", "time_stamp", "unix_time"),
+    "rating": ("rating", "score", "overall", "stars"),
+    "event": ("event", "event_type", "eventtype", "action", "interaction", "behavior", "behaviour"),
+}  # fmt: skip
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", name.strip().lower())
+
+
+_ALIAS_OF = {_norm(a): canonical for canonical, names in COLUMN_ALIASES.items() for a in names}
+
+
+def column_map_hint(mapping: dict[str, str]) -> str:
+    """The `--column-map` value for a mapping (canonical order)."""
+    return ",".join(f"{c}={mapping[c]}" for c in CANONICAL if c in mapping)
+
 
 def resolve_column_map(path: str, columns: list[str], column_map: dict[str, str]) -> dict[str, str]:
-    """canonical -> file column. Empty map: the canonical names that the file has."""
+    """canonical -> file column: the entries of `column_map`, the rest recognised by name (COLUMN_ALIASES).
+
+    A missing required column (user_id, item_id, ts) or two columns matching one canonical name is
+    a ValueError that lists the columns found and the `--column-map` to write.
+    """
     unknown = set(column_map) - set(CANONICAL)
     if unknown:
         raise ValueError(f"column map: unknown canonical column(s) {sorted(unknown)}; known: {list(CANONICAL)}")
-    mapping = dict(column_map) if column_map else {c: c for c in CANONICAL if c in columns}
-    missing = [c for c in REQUIRED if c not in mapping]
-    if missing:
-        raise ValueError(f"{path}: column map lacks {missing} (give --column-map user_id=...,item_id=...,ts=...)")
-    absent = [f for f in mapping.values() if f not in columns]
-    if absent:
-        raise ValueError(f"{path}: column(s) {absent} not in the file (columns: {columns})")
-    return mapping
+    mapping: dict[str, str] = {}
+    for canonical, name in column_map.items():
+        if name in columns:
+            mapping[canonical] = name
+            continue
+        folded = [c for c in columns if c.strip().lower() == name.strip().lower()]
+        if len(folded) != 1:
+            raise ValueError(f"{path}: column(s) [{name!r}] not in the file (columns found: {columns})")
+        mapping[canonical] = folded[0]
+    used = set(mapping.values())
+    candidates: dict[str, list[str]] = {}
+    for col in columns:
+        canonical = _ALIAS_OF.get(_norm(col))
+        if canonical is not None and canonical not in mapping and col not in used:
+            candidates.setdefault(canonical, []).append(col)
+    ambiguous = {c: cols for c, cols in candidates.items() if len(cols) > 1}
+    mapping.update({c: cols[0] for c, cols in candidates.items() if len(cols) == 1})
+    missing = [c for c in REQUIRED if c not in mapping and c not in ambiguous]
+    if ambiguous or missing:
+        hint = {**mapping, **{c: cols[0] for c, cols in ambiguous.items()}, **{c: "COLUMN" for c in missing}}
+        problems = [f"{c} could be any of {cols}" for c, cols in sorted(ambiguous.items())]
+        if missing:
+            problems.append(f"no column recognised as {missing}")
+        raise ValueError(
+            f"{path}: cannot map the columns: {'; '.join(problems)} (columns found: {columns}); "
+            f"give --column-map {column_map_hint(hint)}"
+            + (" with COLUMN replaced by the file's column" if missing else "")
+            + (" (choosing the right one of the candidates)" if ambiguous else "")
+        )
+    return {c: mapping[c] for c in CANONICAL if c in mapping}
 
 
 def _read_delimited(path: str, column_map: dict[str, str], delimiter: str) -> ReadResult:
@@ -480,7 +534,7 @@ def _read_delimited(path: str, column_map: dict[str, str], delimiter: str) -> Re
     if rejects:
         numbers, texts = zip(*rejects)
         events = _concat(events, _rejects(list(numbers), list(texts), "unparseable"))
-    return ReadResult(events)
+    return ReadResult(events, column_map=mapping)
 
 
 def _csv_header(path: str, delimiter: str) -> list[str]:
@@ -505,21 +559,44 @@ def _all_empty(columns: list, n: int) -> pa.Array:
 def _read_parquet(path: str, column_map: dict[str, str]) -> ReadResult:
     try:
         schema = pq.read_schema(path)
-    except pa.ArrowInvalid as err:
+    except (pa.ArrowException, OSError) as err:
         raise ValueError(f"{path}: not a readable Parquet file ({err})") from err
     mapping = resolve_column_map(path, schema.names, column_map)
-    table = pq.read_table(path, columns=list(dict.fromkeys(mapping.values())))
-    cols = {name: pc.cast(table.column(src), pa.string()) for name, src in mapping.items()}
+    try:
+        table = pq.read_table(path, columns=list(dict.fromkeys(mapping.values())))
+    except (pa.ArrowException, OSError) as err:  # truncated or corrupted pages
+        raise ValueError(f"{path}: not a readable Parquet file ({err})") from err
+    cols = {}
+    for name, src in mapping.items():
+        try:
+            cols[name] = pc.cast(table.column(src), pa.string())
+        except pa.ArrowException as err:
+            raise ValueError(f"{path}: column {src!r} ({table.column(src).type}) cannot be read as {name}") from err
     n = table.num_rows
     events = _events(n, **cols, row_number=pa.array(np.arange(1, n + 1)), item_pos=pa.array(np.zeros(n, np.int32)))
-    return ReadResult(events)
+    return ReadResult(events, column_map=mapping)
+
+
+def _jsonl_keys(lines: pa.Array) -> list[str]:
+    """Every key of the lines that are JSON objects, in order of first appearance."""
+    con = duckdb.connect()
+    con.register("src", pa.table({"raw": lines, "n": np.arange(len(lines), dtype=np.int64)}))
+    keys = con.sql(
+        """SELECT key FROM (SELECT n, unnest(json_keys(raw)) AS key FROM src
+           WHERE coalesce(json_valid(raw), false) AND json_type(raw) = 'OBJECT')
+           GROUP BY key ORDER BY min(n), key"""
+    ).fetchall()
+    con.close()
+    return [k for (k,) in keys]
 
 
 def _read_events_jsonl(path: str, column_map: dict[str, str]) -> ReadResult:
-    if not column_map:
-        column_map = {c: c for c in CANONICAL}  # keys absent from every line read as null
-    resolve_column_map(path, list(column_map.values()), column_map)
-    return _json_lines(path, column_map, literal_fallback=False)
+    lines = split_lines(read_text(path))
+    keys = _jsonl_keys(lines)
+    if len(lines) and not keys:
+        raise ValueError(f"{path}: no line is a JSON object: not a JSON-lines file")
+    mapping = resolve_column_map(path, keys, column_map)  # a key absent from some lines reads as null there
+    return _json_lines(path, mapping, literal_fallback=False, lines=lines)
 
 
 EVENT_FILE_KINDS = {
@@ -541,6 +618,22 @@ def read_events(path: str, column_map: dict[str, str]) -> ReadResult:
     if ext not in EVENT_FILE_KINDS:
         raise ValueError(f"{path}: unknown event file type {ext!r}; known: {sorted(EVENT_FILE_KINDS)}")
     return EVENT_FILE_KINDS[ext](path, column_map)
+
+
+def event_columns(path: str, column_map: dict[str, str]) -> dict[str, str]:
+    """The column map the events reader would use for `path` (reads the header / schema / keys only)."""
+    ext = os.path.splitext(path.lower().removesuffix(".gz"))[1]
+    if ext in (".csv", ".tsv", ".tab"):
+        return resolve_column_map(path, _csv_header(path, "," if ext == ".csv" else "\t"), column_map)
+    if ext in (".parquet", ".pq"):
+        try:
+            names = pq.read_schema(path).names
+        except (pa.ArrowException, OSError) as err:
+            raise ValueError(f"{path}: not a readable Parquet file ({err})") from err
+        return resolve_column_map(path, names, column_map)
+    if ext in (".jsonl", ".ndjson", ".json"):
+        return resolve_column_map(path, _jsonl_keys(split_lines(read_text(path))), column_map)
+    raise ValueError(f"{path}: unknown event file type {ext!r}; known: {sorted(EVENT_FILE_KINDS)}")
 
 
 def _no_column_map(fmt: str, column_map: dict[str, str]) -> None:

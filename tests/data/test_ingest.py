@@ -52,9 +52,13 @@ def test_reingest_writes_nothing_and_says_so(tmp_path):
     assert (first.already_ingested, again.already_ingested) == (False, True)
     assert again.batch_id == first.batch_id
     assert counts(db) == before
-    # the report of a re-ingest repeats the recorded counts of the batch
-    same = ("rows_read", "accepted", "quarantined", "quarantine_reasons", "users", "items")
-    assert {k: again.to_dict()[k] for k in same} == {k: first.to_dict()[k] for k in same}
+    # nothing was written now: zero counts; the counts recorded for the batch sit under their own key
+    assert (again.rows_read, again.accepted, again.quarantined, again.quarantine_reasons) == (0, 0, 0, {})
+    assert (again.users, again.items, again.catalog_items) == (0, 0, 0)
+    same = ("rows_read", "accepted", "quarantined", "quarantine_reasons", "users", "items", "catalog_items")
+    assert {k: again.original_batch[k] for k in same} == {k: first.to_dict()[k] for k in same}
+    assert first.original_batch is None and again.original_batch["source_file"].endswith("ml_bad.inter")
+    assert again.original_batch["accepted"] > 0
 
 
 def test_same_bytes_elsewhere_is_the_same_batch(tmp_path):

@@ -228,7 +228,7 @@ def test_seqtxt_crlf_line_endings(tmp_path):
         ("seqtxt", "\x00\x01binary", None, "binary file"),
         ("seqtxt", "1\n2\n3\n", None, "wrong format"),
         ("events", "a,b\n1,2\n", {"user_id": "a", "item_id": "b", "ts": "c"}, "not in the file"),
-        ("events", "a,b,c\n1,2,3\n", {"user_id": "a", "item_id": "b"}, r"lacks \['ts'\]"),
+        ("events", "a,b,c\n1,2,3\n", {"user_id": "a", "item_id": "b"}, r"no column recognised as \['ts'\]"),
         ("events", "a,b,c\n1,2,3\n", {"user": "a", "item_id": "b", "ts": "c"}, "unknown canonical"),
         ("seqtxt", "1 2 3\n", {"user_id": "x"}, "events format only"),
     ],
