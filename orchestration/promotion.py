@@ -6,7 +6,9 @@ these, so a promotion re-validates exactly what the blocking checks validated:
 
     weight_scan(models/<m>/model.pt)                 every tensor finite?
     best_validation(models/<m>/train.json, metric)   a finite validation score for the selected epoch?
-    judge(metrics.json, n_items, cfg.promotion)      ERROR (broken) / WARN (regressed) / pass
+    judge(metrics.json, n_items, cfg.promotion)      on validation, with paired-bootstrap CIs:
+                                                     ERROR (broken or significantly worse) / WARN (CI spans
+                                                     the allowed drop) / pass
 """
 
 import datetime as dt
@@ -127,12 +129,13 @@ class Verdict:
         return "ERROR" if self.errors else ("WARN" if self.warnings else None)
 
     def markdown(self) -> str:
-        lines = ["| baseline | metric | candidate | baseline | ratio | allowed drop | |",
-                 "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+        lines = ["Validation split, paired bootstrap 95% CI of candidate − baseline; threshold = −allowed drop × baseline.",
+                 "",
+                 "| baseline | metric | candidate | baseline | diff [95% CI] | threshold | decision |",
+                 "| --- | --- | ---: | ---: | --- | ---: | --- |"]
         for r in self.rows:
-            mark = "✗ regression" if r["regressed"] else "✓"
-            lines.append(f"| {r['baseline']} | {r['metric']} | {r['candidate_value']:.4f} | "
-                         f"{r['baseline_value']:.4f} | {r['ratio']:.3f} | {r['allowed_drop']:.0%} | {mark} |")
+            lines.append(f"| {r['baseline']} | {r['metric']} | {r['candidate_value']:.4f} | {r['baseline_value']:.4f} | "
+                         f"{r['diff']:+.4f} [{r['lo']:+.4f}, {r['hi']:+.4f}] | {r['threshold']:+.4f} | {r['decision']} |")
         return "\n".join(lines)
 
 
@@ -142,14 +145,22 @@ def _metric(models: dict, model: str, metric: str) -> float | None:
 
 
 def judge(metrics: dict, n_items: int, cfg: PromotionConfig, dataset_hash: str | None = None) -> Verdict:
-    """Compare cfg.candidate with each baseline of cfg.max_regression on cfg.metrics (test split).
+    """Compare cfg.candidate with each baseline of cfg.max_regression on cfg.metrics, on the VALIDATION
+    split (metrics.json `validation`): the gate never decides on the test numbers it reports.
 
-    ERROR: a model or metric missing or not finite, the evaluation made on another dataset, or the
-    candidate not beating a random ranking by cfg.min_lift_over_random. WARN: the candidate more
-    than max_regression[baseline] (relative) below a baseline.
+    For each (baseline, metric) the threshold is −max_regression[baseline] × the baseline's value and
+    the evidence is the paired-bootstrap 95% CI [lo, hi] of candidate − baseline over users:
+      hi < threshold           -> refused: significantly worse than allowed (ERROR, no promotion)
+      lo < threshold <= hi     -> warned: the CI spans the threshold (WARN, promoted, recorded)
+      threshold <= lo          -> passed
+    Also ERROR: a model, metric or comparison missing or not finite, the evaluation made on another
+    dataset, or the candidate not beating a random ranking by cfg.min_lift_over_random.
     """
     v = Verdict(cfg.candidate)
-    models = metrics.get("models") or {}
+    validation = metrics.get("validation") or {}
+    models, comparisons = validation.get("models") or {}, validation.get("comparisons") or {}
+    if not models:
+        v.errors.append("metrics.json has no validation metrics: re-run the evaluation stage")
     if dataset_hash is not None and metrics.get("dataset_hash") != dataset_hash:
         v.errors.append(f"metrics.json evaluates dataset {metrics.get('dataset_hash')!r}, "
                         f"the splits are {dataset_hash!r}")
@@ -157,24 +168,33 @@ def judge(metrics: dict, n_items: int, cfg: PromotionConfig, dataset_hash: str |
         cand = _metric(models, cfg.candidate, metric)
         if cand is None:
             raw = models.get(cfg.candidate, {}).get(metric)
-            v.errors.append(f"{cfg.candidate} {metric} missing or not finite ({raw!r})")
+            v.errors.append(f"{cfg.candidate} validation {metric} missing or not finite ({raw!r})")
             continue
         floor = cfg.min_lift_over_random * random_expectation(metric, n_items)
         if cand <= floor:
-            v.errors.append(f"{cfg.candidate} {metric} {cand:.4f} <= {cfg.min_lift_over_random}x random ranking "
-                            f"({floor:.4f} over {n_items} items)")
+            v.errors.append(f"{cfg.candidate} validation {metric} {cand:.4f} <= {cfg.min_lift_over_random}x random "
+                            f"ranking ({floor:.4f} over {n_items} items)")
         for baseline, allowed in cfg.max_regression.items():
             base = _metric(models, baseline, metric)
-            if base is None:
-                raw = models.get(baseline, {}).get(metric)
-                v.errors.append(f"baseline {baseline} {metric} missing or not finite ({raw!r})")
+            ci = comparisons.get(f"{cfg.candidate}-{baseline}", {}).get(metric)
+            if base is None or not ci or not all(math.isfinite(ci.get(k, math.nan)) for k in ("diff", "lo", "hi")):
+                v.errors.append(f"baseline {baseline} {metric}: validation value or paired CI missing or not finite")
                 continue
-            regressed = cand < base * (1.0 - allowed)
+            threshold = -allowed * base
+            if ci["hi"] < threshold:
+                decision = "refused"
+                v.errors.append(f"{cfg.candidate} is significantly worse than {baseline} on validation {metric}: "
+                                f"diff {ci['diff']:+.4f}, 95% CI [{ci['lo']:+.4f}, {ci['hi']:+.4f}] entirely below "
+                                f"the allowed {threshold:+.4f} ({allowed:.0%} of {base:.4f})")
+            elif ci["lo"] < threshold:
+                decision = "warned"
+                v.warnings.append(f"{cfg.candidate} vs {baseline} on validation {metric}: diff {ci['diff']:+.4f}, "
+                                  f"95% CI [{ci['lo']:+.4f}, {ci['hi']:+.4f}] spans the allowed {threshold:+.4f}")
+            else:
+                decision = "passed"
             v.rows.append({"baseline": baseline, "metric": metric, "candidate_value": cand, "baseline_value": base,
-                           "ratio": cand / base if base else math.inf, "allowed_drop": allowed, "regressed": regressed})
-            if regressed:
-                v.warnings.append(f"{cfg.candidate} {metric} {cand:.4f} is more than {allowed:.0%} below "
-                                  f"{baseline} ({base:.4f})")
+                           "diff": ci["diff"], "lo": ci["lo"], "hi": ci["hi"], "threshold": threshold,
+                           "allowed_drop": allowed, "decision": decision})
     return v
 
 
@@ -206,10 +226,10 @@ def promotion_record(
         "dvc_md5": dvc_md5,
         "dataset_hash": metrics.get("dataset_hash"),
         "metrics": {k: v for k, v in metrics["models"][candidate].items() if isinstance(v, (int, float))},
-        "baselines": {
-            name: {r["metric"]: r["baseline_value"] for r in verdict.rows if r["baseline"] == name}
-            for name in sorted({r["baseline"] for r in verdict.rows})
-        },
+        "validation_metrics": metrics.get("validation", {}).get("models", {}).get(candidate, {}),
+        # the gate's evidence, per baseline and metric: validation CI of the difference and the decision
+        "gate": [{k: r[k] for k in ("baseline", "metric", "diff", "lo", "hi", "threshold", "decision")}
+                 for r in verdict.rows],
         "warnings": verdict.warnings,
         "protocol": metrics.get("protocol"),
         "git_commit": git_commit,

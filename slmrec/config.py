@@ -143,10 +143,11 @@ class PromotionConfig:
     """The gate in front of deployment (orchestration/promotion.py): which model, compared with what."""
 
     candidate: str = "student"  # the model promoted when its blocking checks pass: the distilled student
-    metrics: list[str] = field(default_factory=lambda: ["ndcg@10", "mrr"])  # test metrics compared (metrics.json)
-    # largest tolerated relative shortfall of the candidate against each baseline before a WARN
-    # (0.0: must not be worse; 0.10: may lose up to 10 %). The paper's student matches the teacher
-    # within a few percent and beats the no-KD student and SASRec.
+    metrics: list[str] = field(default_factory=lambda: ["ndcg@10", "mrr"])  # validation metrics compared (metrics.json)
+    # largest tolerated relative shortfall of the candidate against each baseline (0.0: must not be worse;
+    # 0.10: may lose up to 10 %). Judged on validation with the paired-bootstrap 95% CI of the difference:
+    # CI entirely below -fraction x baseline -> refused; CI spanning it -> promoted with a WARN. The
+    # paper's student matches the teacher within a few percent and beats the no-KD student and SASRec.
     max_regression: dict[str, float] = field(
         default_factory=lambda: {"student_nokd": 0.0, "teacher": 0.10, "sasrec": 0.0}
     )

@@ -171,6 +171,7 @@ def results_table(
     n_boot: int = 1000,
     seed: int = 2025,
     dataset_hash: str | None = None,
+    split: str = "test (leave-one-out: each user's last item; tuned on the second-to-last)",
 ) -> str:
     """Markdown: protocol line, one row per model (full + sampled metrics, speed), and paired-bootstrap
     95% CIs of the differences `a - b` for each (a, b) in `comparisons` (default: each model - the first).
@@ -183,7 +184,7 @@ def results_table(
         if results[name].n_users != first.n_users:
             raise ValueError(f"results_table: {name} has {results[name].n_users} users, {names[0]} {first.n_users}")
     lines = [
-        f"Protocol: {first.protocol.get('full')}; ties {first.protocol.get('ties')}; "
+        f"Protocol: {first.protocol.get('full')}; split {split}; ties {first.protocol.get('ties')}; "
         f"{first.n_users} users; dataset hash {dataset_hash or 'n/a'}; seed {first.protocol.get('seed')}.",
         "",
     ]

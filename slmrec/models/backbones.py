@@ -24,6 +24,7 @@ The cache root is `$SLMREC_CACHE` (default `~/.cache/slmrec`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -40,7 +41,7 @@ import torch
 from torch import nn
 
 from slmrec.config import LLMRecConfig
-from slmrec.hashing import sha256_file
+from slmrec.hashing import sha256_file, sha256_file_memo
 
 
 @dataclass
@@ -55,7 +56,8 @@ class Backbone:
     full_layers: int  # decoder layers of the pretrained model
     device: torch.device
     dtype: torch.dtype
-    source: dict  # what the weights are (profile, checkpoint path / checksums): lineage
+    source: dict  # what the weights are (profile, checksums of the weight files): resume keys, lineage
+    files: tuple[Path, ...] = ()  # the weight files whose bytes define the backbone (card parents; none for tiny)
 
 
 # ---------------------------------------------------------------- device / dtype
@@ -64,7 +66,11 @@ class Backbone:
 def resolve_device(name: str = "auto") -> torch.device:
     """`auto` = cuda > mps > cpu; anything else is passed to torch.device (e.g. "cpu", "cuda:1")."""
     if name != "auto":
-        return torch.device(name)
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for (config or checkpoint), but this machine has no CUDA; "
+                             "pass a device override (e.g. --device cpu)")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():
@@ -73,6 +79,24 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+def weight_files(path: str | Path) -> tuple[Path, ...]:
+    """The files of a Hugging Face checkpoint directory whose bytes are its weights."""
+    path = Path(path)
+    files = tuple(sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file()))
+    if not files:
+        raise FileNotFoundError(f"{path}: no *.safetensors / *.bin weight files")
+    return files
+
+
+def weights_sha256(files: tuple[Path, ...]) -> str:
+    """One sha256 over the weight files (names + bytes): the backbone's identity in resume keys and checkpoints."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + sha256_file_memo(f).encode() + b"\n")
+    return h.hexdigest()
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -202,6 +226,7 @@ def _hf(cfg: LLMRecConfig, n_layers: int, device: torch.device, dtype: torch.dty
     if not cfg.hf_path:
         raise ValueError("llm.profile=hf needs llm.hf_path: a local Hugging Face checkpoint directory")
     model, full_layers = load_hf_trunk(cfg.hf_path, n_layers, device, dtype)
+    files = weight_files(cfg.hf_path)
     return Backbone(
         model=model,
         encode=_hf_encoder(cfg.hf_path),
@@ -210,7 +235,9 @@ def _hf(cfg: LLMRecConfig, n_layers: int, device: torch.device, dtype: torch.dty
         full_layers=full_layers,
         device=device,
         dtype=dtype,
-        source={"profile": "hf", "path": str(Path(cfg.hf_path).resolve())},
+        # identity, not location: the same weights under another path are the same backbone
+        source={"profile": "hf", "model": Path(cfg.hf_path).name, "weights_sha256": weights_sha256(files)},
+        files=files,
     )
 
 
@@ -258,6 +285,20 @@ def _installed_smol_gguf() -> Path | None:
     return path if path.is_file() else None
 
 
+def _dequantize(gguf: Path, out: Path) -> None:
+    """GGUF -> float32 safetensors + tokenizer in `out` (transformers dequantizes on load)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses a GGUF-loaded model: rebuild from a clean config and copy the weights
+    config = LlamaConfig.from_dict({k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"})
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(loaded.state_dict())
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
 def convert_smol(root: Path | None = None) -> Path:
     """Produce the safetensors SmolLM2 model cache (idempotent); returns its directory.
 
@@ -271,8 +312,6 @@ def convert_smol(root: Path | None = None) -> Path:
         if recorded != SMOL_GGUF_SHA256:
             raise ValueError(f"{final}: converted from GGUF {recorded}, expected {SMOL_GGUF_SHA256}; delete it")
         return final
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
@@ -291,15 +330,9 @@ def convert_smol(root: Path | None = None) -> Path:
             raise ValueError(f"{gguf}: sha256 {digest} != expected {SMOL_GGUF_SHA256}")
 
         start = time.perf_counter()
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        # save_pretrained refuses a GGUF-loaded model: rebuild from a clean config and copy the weights
-        config = LlamaConfig.from_dict({k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"})
-        model = LlamaForCausalLM(config)
-        model.load_state_dict(loaded.state_dict())
         out = work / "model"
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
+        with torch.random.fork_rng(devices=[]):  # the random init of the rebuilt model must not consume the caller's RNG
+            _dequantize(gguf, out)
         source.update(convert_seconds=round(time.perf_counter() - start, 1))
         import transformers
 
@@ -316,6 +349,7 @@ def convert_smol(root: Path | None = None) -> Path:
 def _smol(cfg: LLMRecConfig, n_layers: int, device: torch.device, dtype: torch.dtype) -> Backbone:
     path = convert_smol()
     model, full_layers = load_hf_trunk(path, n_layers, device, dtype)
+    files = weight_files(path)
     return Backbone(
         model=model,
         encode=_hf_encoder(path),
@@ -326,7 +360,10 @@ def _smol(cfg: LLMRecConfig, n_layers: int, device: torch.device, dtype: torch.d
         dtype=dtype,
         # identity only (no timings or local paths): the source enters config_dict, which resume and the
         # teacher hash compare across machines
-        source={"profile": "smol", "model": SMOL_GGUF, "gguf_sha256": SMOL_GGUF_SHA256},
+        # (4-bit Q4_1 GGUF weights dequantized to float32: not the original bf16 release)
+        source={"profile": "smol", "model": SMOL_GGUF, "gguf_sha256": SMOL_GGUF_SHA256,
+                "weights_sha256": weights_sha256(files)},
+        files=files,
     )
 
 

@@ -16,8 +16,10 @@ A batch is a dict of tensors (built by `slmrec.data.examples`):
 from __future__ import annotations
 
 import abc
+import contextlib
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 
@@ -124,6 +126,16 @@ class Recommender(nn.Module, abc.ABC):
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
 
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Build a model from its own seed: the global RNG (CPU and CUDA) is seeded inside the block and
+    restored after it, so the initial weights do not depend on whatever ran before in the process
+    (a backbone conversion, another model) and the caller's stream is left as it was."""
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        torch.manual_seed(seed)
+        yield
+
+
 def mask_padding_column(scores: Tensor) -> Tensor:
     """Set column 0 (padding item) of `scores (B, N+1)` to -inf, in place; returns it."""
     scores[:, 0] = float("-inf")
@@ -136,4 +148,5 @@ __all__ = [
     "trainable_state_dict",
     "load_trainable_state_dict",
     "mask_padding_column",
+    "seeded",
 ]

@@ -29,6 +29,7 @@ transformers `hidden_states[-1]` would be the normed one, which we never use for
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from dataclasses import dataclass
 
@@ -38,7 +39,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import Tensor, nn
 
 from slmrec.config import LLMRecConfig, from_dict, to_dict
-from slmrec.models.backbones import Backbone, load_backbone
+from slmrec.models.backbones import DTYPE_NAMES, Backbone, load_backbone
 from slmrec.models.base import LossOutput, Recommender, mask_padding_column
 
 # ---------------------------------------------------------------- objectives
@@ -156,9 +157,12 @@ class LLMRec(Recommender):
         backbone = backbone if backbone is not None else load_backbone(cfg, n_layers)
         if backbone.n_layers != n_layers:
             raise ValueError(f"backbone has {backbone.n_layers} layers, LLMRec asked for {n_layers}")
+        # stored resolved (device type, dtype name), never "auto": a checkpoint is scored the way it was trained
+        cfg = dataclasses.replace(cfg, device=backbone.device.type, dtype=DTYPE_NAMES[backbone.dtype])
         self.cfg, self.n_layers, self.objective = cfg, n_layers, OBJECTIVES[cfg.objective]
         self.n_items, self.d_id = item_table.shape[0] - 1, item_table.shape[1]
         self.hidden, self.backbone_source = backbone.hidden, backbone.source
+        self.backbone_files = backbone.files  # weight files (lineage parents of the model directory)
 
         prefix, response = backbone.encode(cfg.instruction, special=True), backbone.encode(cfg.response)
         if not prefix or not response:
@@ -327,10 +331,20 @@ class LLMRec(Recommender):
         }
 
     @classmethod
-    def from_config_dict(cls, config: dict) -> "LLMRec":
-        """Rebuild the untrained model; the item table arrives with `load_trainable_state_dict`."""
+    def from_config_dict(cls, config: dict, device: str | None = None) -> "LLMRec":
+        """Rebuild the untrained model on the recorded device and dtype (or `device`, an explicit override);
+        the item table arrives with `load_trainable_state_dict`. Refuses another backbone than the recorded one."""
         cfg = from_dict(LLMRecConfig, config["llm"])
-        return cls(cfg, config["n_layers"], torch.zeros(config["n_items"] + 1, config["d_id"]))
+        if device is not None:
+            cfg = dataclasses.replace(cfg, device=device)
+        model = cls(cfg, config["n_layers"], torch.zeros(config["n_items"] + 1, config["d_id"]))
+        recorded = config.get("backbone_source")
+        if recorded != model.backbone_source:
+            raise ValueError(
+                f"checkpoint was trained on backbone {recorded}, but this machine's {cfg.profile!r} backbone is "
+                f"{model.backbone_source}: different weights; retrain or restore the original backbone files"
+            )
+        return model
 
 
 __all__ = ["LLMRec", "Encoded", "OBJECTIVES", "attention_bias"]

@@ -9,12 +9,19 @@
 A model directory holds `model.pt` (a self-describing checkpoint of the deployable model —
 for the distilled student, the student alone), `train.json` (fit history, timings, parameter
 counts) and `card.json` (lineage). Resumable working checkpoints live in `runs/<name>/<key>/`
-(outside the DVC output, which DVC clears before a stage runs), keyed by the configuration and
-data hash, so an interrupted `dvc repro` or Dagster run resumes where it stopped.
+(outside the DVC output, which DVC clears before a stage runs), so an interrupted `dvc repro` or
+Dagster run resumes where it stopped. The key covers everything that determines the result:
+the stage's params, the dataset hash, the content hash of every parent artifact (SASRec's item
+table, the teacher), the backbone weights' sha256 and the code version (`hashing.code_version`);
+a run whose key differs starts fresh and logs which of these changed (`runs/<name>/<key>/key.json`).
+
+Under torchrun (`torchrun --nproc_per_node N -m slmrec.cli train ...`) every rank calls the same
+function; fit() shards the batches, and rank 0 alone writes the model directory.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -25,21 +32,48 @@ import torch
 
 from slmrec.config import Params, to_dict
 from slmrec.data.sequences import load_splits
-from slmrec.eval.evaluator import EvalResult, evaluate, results_table
-from slmrec.lineage import atomic_write_text, write_card
+from slmrec.eval.evaluator import EvalResult, evaluate, protocol_text, results_table
+from slmrec.hashing import code_version
+from slmrec.lineage import atomic_write_text, content_hash, write_card
 from slmrec.models.backbones import resolve_device
-from slmrec.models.base import Recommender
+from slmrec.models.base import Recommender, seeded
 from slmrec.models.llmrec import LLMRec
 from slmrec.models.sasrec import SASRec
 from slmrec.train.checkpoint import load_model, model_class_path, save_atomic
 from slmrec.data.examples import make_eval_examples, make_train_examples
+from slmrec.train.distributed import current
 from slmrec.train.loop import FitResult, fit
 
 MODEL_FILE, TRAIN_FILE = "model.pt", "train.json"
 
 
+KEY_FILE = "key.json"
+
+
 def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def resume_dir(runs_dir: str | Path, name: str, components: dict, log: Callable = print) -> Path:
+    """`runs/<name>/<key>/` for these key components; says whether it resumes or why it starts fresh."""
+    folder = Path(runs_dir) / name / _key(components)
+    if (folder / "last.pt").exists():
+        log(f"{name}: resuming from {folder} (same params, data, parents, backbone and code)")
+        return folder
+    previous = sorted(
+        (p for p in (Path(runs_dir) / name).glob(f"*/{KEY_FILE}") if p.parent != folder),
+        key=lambda p: p.stat().st_mtime,
+    )
+    if previous:
+        before = json.loads(previous[-1].read_text())
+        changed = sorted(k for k in set(before) | set(components) if before.get(k) != components.get(k))
+        log(f"{name}: starting fresh in {folder}: {', '.join(changed)} changed since {previous[-1].parent}")
+    else:
+        log(f"{name}: starting fresh in {folder}")
+    if current().is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / KEY_FILE, json.dumps(components, indent=2, sort_keys=True, default=str) + "\n")
+    return folder
 
 
 def save_model(model: Recommender, path: Path, extra: dict | None = None) -> None:
@@ -65,8 +99,6 @@ def _finish(
     counts: dict,
     extra: dict | None = None,
 ) -> dict:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_model(model, out_dir / MODEL_FILE, extra)
     summary = {
         "model": name,
         "best_valid": {"metric": result.best_metric, "epoch": result.best_epoch},
@@ -77,6 +109,10 @@ def _finish(
         "parameters": counts,
         "history": result.history,
     }
+    if not current().is_main:  # torchrun: rank 0 writes the model directory
+        return summary
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_model(model, out_dir / MODEL_FILE, extra)
     atomic_write_text(out_dir / TRAIN_FILE, json.dumps(summary, indent=2) + "\n")
     write_card(out_dir, name, params=params, parents=parents,
                metrics={"valid_best": result.best_metric, "train_seconds": result.train_seconds})
@@ -88,9 +124,14 @@ def train_sasrec(split_dir: str, params: Params, out_dir: str, runs_dir: str = "
     cfg, tcfg = params.sasrec, params.train_sasrec
     train = make_train_examples(splits.train, cfg.max_len)
     valid = make_eval_examples(splits.valid, cfg.max_len)
-    torch.manual_seed(tcfg.seed)
-    model = SASRec(splits.n_items, cfg).to(resolve_device(params.llm.device))
-    ckpt = Path(runs_dir) / "sasrec" / _key(to_dict(cfg), to_dict(tcfg), splits.dataset_hash)
+    dist = current()
+    device = dist.device if dist.distributed else resolve_device(params.llm.device)
+    with seeded(tcfg.seed):
+        model = SASRec(splits.n_items, cfg).to(device)
+    ckpt = resume_dir(runs_dir, "sasrec", {
+        "params": {"sasrec": to_dict(cfg), "train": to_dict(tcfg), "selection": {"exclude_history": params.eval.exclude_history}},
+        "dataset": splits.dataset_hash, "code": code_version(),
+    }, log)
     result = fit(model, train, valid, tcfg, ckpt, log=log, eval_cfg=params.eval)
     counts = {"total": model.num_parameters(), "trainable": model.num_parameters(trainable_only=True)}
     return _finish("sasrec", model, result, Path(out_dir),
@@ -98,7 +139,7 @@ def train_sasrec(split_dir: str, params: Params, out_dir: str, runs_dir: str = "
 
 
 def item_table(sasrec_dir: str) -> torch.Tensor:
-    sasrec = load_model(Path(sasrec_dir) / MODEL_FILE)
+    sasrec = load_model(Path(sasrec_dir) / MODEL_FILE, device="cpu")
     if not isinstance(sasrec, SASRec):
         raise ValueError(f"{sasrec_dir}: expected a SASRec checkpoint, found {type(sasrec).__name__}")
     return sasrec.item_embeddings()  # (n_items + 1, d_id), row 0 = padding
@@ -121,23 +162,29 @@ def train_llm(
     cfg, tcfg = params.llm, params.train_llm
     train = make_train_examples(splits.train, cfg.max_len, cfg.windows_per_user)
     valid = make_eval_examples(splits.valid, cfg.max_len)
-    torch.manual_seed(tcfg.seed)
     table = item_table(sasrec_dir)
-    model: Recommender = LLMRec.build(cfg, role, table)
+    dist = current()
+    build_cfg = dataclasses.replace(cfg, device=str(dist.device)) if dist.distributed else cfg
+    with seeded(tcfg.seed):  # the initial weights depend on the seed only (not on a conversion run before)
+        model: Recommender = LLMRec.build(build_cfg, role, table)
     name = "teacher" if role == "teacher" else ("student" if teacher_dir else "student_nokd")
-    parents: list = [split_dir, sasrec_dir]
-    run_params = {"llm": to_dict(cfg), "train": to_dict(tcfg)}
+    # the backbone's weight files are parents too: `slmrec lineage --verify` re-hashes them
+    parents: list = [split_dir, sasrec_dir, *model.backbone_files]
+    run_params = {"llm": to_dict(cfg), "train": to_dict(tcfg), "selection": {"exclude_history": params.eval.exclude_history}}
+    key = {"params": run_params, "dataset": splits.dataset_hash, "code": code_version(),
+           "sasrec": content_hash(sasrec_dir), "backbone": model.backbone_source}
     extra = {}
     if teacher_dir is not None:
         teacher_ckpt = str(Path(teacher_dir) / MODEL_FILE)
-        teacher = load_model(teacher_ckpt)
+        teacher = load_model(teacher_ckpt, device=str(dist.device) if dist.distributed else None)
         model = DistillationModel(model, teacher, params.distill, n_examples=len(train),
                                   data_hash=splits.dataset_hash, teacher_checkpoint=teacher_ckpt)
         log(f"teacher features: {model.cache_mode}")
         parents.insert(0, teacher_dir)
         run_params["distill"] = to_dict(params.distill)
         extra = {"teacher_hash": model.teacher_hash}
-    ckpt = Path(runs_dir) / name / _key(run_params, splits.dataset_hash, extra)
+        key["teacher"] = content_hash(teacher_dir)
+    ckpt = resume_dir(runs_dir, name, key, log)
     result = fit(model, train, valid, tcfg, ckpt, extra_state=extra or None, log=log, eval_cfg=params.eval)
     deployable = model.student if teacher_dir is not None else model
     return _finish(name, deployable, result, Path(out_dir), run_params, parents, model.parameter_counts(), extra)
@@ -151,13 +198,17 @@ def evaluate_models(
     out_md: str | None = None,
     curves_dir: str | None = None,
     log: Callable = print,
+    device: str | None = None,
 ) -> dict:
-    """Full-ranking (+ sampled) test metrics of every model, with paired-bootstrap CIs of differences."""
+    """Test metrics (full ranking + sampled) of every model with paired-bootstrap CIs of differences,
+    and the same on the validation split: the promotion gate decides on validation, never on the test
+    numbers it reports. `device` overrides the recorded device (never the dtype)."""
     splits = load_splits(split_dir)
     results: dict[str, EvalResult] = {}
+    valid_results: dict[str, EvalResult] = {}
     summary: dict = {"models": {}}
     for name, model_dir in models.items():
-        model = load_model(Path(model_dir) / MODEL_FILE)
+        model = load_model(Path(model_dir) / MODEL_FILE, device=device)
         if isinstance(model, LLMRec):
             model.merge_for_inference()  # LoRA merged + constant instruction prefix cached
         test = make_eval_examples(splits.test, model.cfg.max_len)
@@ -166,6 +217,9 @@ def evaluate_models(
         log(f"{name}: ndcg@10 {res.metrics['ndcg@10']:.4f} hr@10 {res.metrics['hr@10']:.4f} "
             f"mrr {res.metrics['mrr']:.4f} ({time.perf_counter() - t0:.1f} s)")
         results[name] = res
+        valid_cfg = dataclasses.replace(params.eval, sampled_negatives=0)
+        valid_results[name] = evaluate(model, make_eval_examples(splits.valid, model.cfg.max_len), valid_cfg,
+                                       batch_size=params.train_llm.eval_batch_size)
         train_info = json.loads((Path(model_dir) / TRAIN_FILE).read_text())
         counts = train_info["parameters"]
         summary["models"][name] = {
@@ -183,11 +237,17 @@ def evaluate_models(
                           dataset_hash=splits.dataset_hash)
     first = next(iter(results.values()))
     summary.update(
-        protocol=first.protocol,
+        protocol={**first.protocol, "split": "test (last item per user); validation = second-to-last",
+                  "text": protocol_text(params.eval)},
         dataset_hash=splits.dataset_hash,
         seed=params.eval.seed,
         n_users=first.n_users,
         comparisons=_comparisons(results, comparisons, params),
+        validation={
+            "models": {n: {k: round(v, 6) for k, v in r.metrics.items()} for n, r in valid_results.items()},
+            "comparisons": _comparisons(valid_results, comparisons, params),
+            "n_users": next(iter(valid_results.values())).n_users,
+        },
     )
     atomic_write_text(out_json, json.dumps(summary, indent=2) + "\n")
     if out_md:

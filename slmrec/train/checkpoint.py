@@ -21,6 +21,7 @@ access to ckpt_dir).
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import random
 import tempfile
@@ -68,17 +69,26 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def build_model(ckpt: dict[str, Any]) -> Recommender:
-    """Rebuild the model a checkpoint describes and load its trained state."""
+def build_model(ckpt: dict[str, Any], device: str | None = None) -> Recommender:
+    """Rebuild the model a checkpoint describes and load its trained state.
+
+    device: None = where the checkpoint says (LLM models record their resolved device type and
+    dtype); a name (e.g. "cpu") overrides the device, never the dtype.
+    """
     module_name, _, class_name = ckpt["model_class"].rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
-    model = cls.from_config_dict(ckpt["model_config"])
+    if device is not None and "device" in inspect.signature(cls.from_config_dict).parameters:
+        model = cls.from_config_dict(ckpt["model_config"], device=device)
+    else:
+        model = cls.from_config_dict(ckpt["model_config"])
+        if device is not None:
+            model.to(device)
     model.load_trainable_state_dict(ckpt["model_state"])
     return model
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Recommender:
-    return build_model(load_checkpoint(path, map_location))
+def load_model(path: str | Path, map_location: str | torch.device = "cpu", device: str | None = None) -> Recommender:
+    return build_model(load_checkpoint(path, map_location), device)
 
 
 # --- random number generator states (python/numpy states are stored as plain types: weights_only) ---

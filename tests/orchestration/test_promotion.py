@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pytest
 import torch
 
@@ -19,6 +20,7 @@ from orchestration.defs.models.checks import model_checks
 from orchestration.pipeline import DvcPipeline
 from orchestration.promotion import MODELS, best_validation, judge, random_expectation, weight_scan
 from slmrec.config import PromotionConfig, SASRecConfig
+from slmrec.eval.metrics import compute_metrics, paired_bootstrap
 from slmrec.lineage import write_card
 from slmrec.models.sasrec import SASRec
 from slmrec.stages.models import save_model
@@ -26,7 +28,19 @@ from slmrec.stages.models import save_model
 REPO = Path(__file__).resolve().parents[2]
 N_ITEMS = 40
 DATASET = "d" * 64
-GOOD = {"sasrec": 0.30, "teacher": 0.34, "student_nokd": 0.28, "student": 0.33}  # ndcg@10 = mrr here
+# Per-user ranks of each model = a shared base + a shift (higher = worse): the gate's evidence is real
+# paired-bootstrap CIs over these ranks, as slmrec.stages.models.evaluate_models writes them.
+GOOD = {"sasrec": 3, "teacher": 0, "student_nokd": 2, "student": 0}
+N_USERS = 400
+
+
+def user_ranks(shifts: dict[str, int], noisy: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    base = rng.integers(1, 12, size=N_USERS)
+    ranks = {name: np.clip(base + shift, 1, N_ITEMS) for name, shift in shifts.items()}
+    for name in noisy:  # same quality on average, user by user different: a CI around 0
+        ranks[name] = np.clip(base + rng.integers(-3, 4, size=N_USERS), 1, N_ITEMS)
+    return ranks
 
 
 def write_model(model_dir: Path, name: str, best: float = 0.12) -> None:
@@ -38,11 +52,22 @@ def write_model(model_dir: Path, name: str, best: float = 0.12) -> None:
     write_card(model_dir, name, params={"test": True}, metrics={"valid_best": best})
 
 
-def write_metrics(root: Path, values: dict[str, float], dataset: str = DATASET) -> None:
-    models = {name: {"ndcg@10": v, "hr@10": min(1.0, 2 * v), "mrr": v} for name, v in values.items()}
+def evaluation(ranks: dict[str, np.ndarray], dataset: str = DATASET) -> dict:
+    """metrics.json as the evaluate stage writes it (here the test and validation ranks are the same)."""
+    models = {name: compute_metrics(r, [10]) for name, r in ranks.items()}
+    comparisons = {f"{a}-{b}": {m: paired_bootstrap(ranks[a], ranks[b], m, n_boot=300, seed=0) for m in ("ndcg@10", "mrr")}
+                   for a in ranks for b in ranks if a != b}
+    return {"models": models, "dataset_hash": dataset, "protocol": {"full": "test"},
+            "validation": {"models": models, "comparisons": comparisons, "n_users": N_USERS}}
+
+
+def write_metrics(root: Path, shifts: dict[str, int], noisy: tuple[str, ...] = (), nan: str | None = None) -> None:
+    metrics = evaluation(user_ranks(shifts, noisy))
+    if nan:
+        metrics["validation"]["models"]["student"][nan] = float("nan")
+        metrics["models"]["student"][nan] = float("nan")
     (root / "results").mkdir(exist_ok=True)
-    (root / "results/metrics.json").write_text(json.dumps({"models": models, "dataset_hash": dataset,
-                                                           "protocol": {"full": "test"}}))
+    (root / "results/metrics.json").write_text(json.dumps(metrics))
 
 
 def write_lock(root: Path, evaluated: dict[str, str] | None = None) -> None:
@@ -119,31 +144,39 @@ def test_random_expectation_matches_a_uniform_rank():
         random_expectation("auc", n)
 
 
-def test_judge_separates_regressions_from_broken_evaluations():
-    cfg = PromotionConfig()
-    metrics = {"dataset_hash": DATASET,
-               "models": {n: {"ndcg@10": v, "mrr": v} for n, v in GOOD.items()}}
-    ok = judge(metrics, N_ITEMS, cfg, DATASET)
+def test_judge_decides_on_validation_cis():
+    cfg = PromotionConfig()  # allowed drop: 0 vs student_nokd and sasrec, 10% vs the teacher
+    ok = judge(evaluation(user_ranks(GOOD)), N_ITEMS, cfg, DATASET)
     assert ok.severity is None and len(ok.rows) == 6  # 3 baselines x 2 metrics
+    assert {r["decision"] for r in ok.rows} == {"passed"}
 
-    worse = json.loads(json.dumps(metrics))
-    worse["models"]["student"] = {"ndcg@10": 0.25, "mrr": 0.33}  # below no-KD and SASRec, >10% below teacher
-    v = judge(worse, N_ITEMS, cfg, DATASET)
-    assert v.severity == "WARN" and not v.errors
-    assert sorted(r["baseline"] for r in v.rows if r["regressed"]) == ["sasrec", "student_nokd", "teacher"]
+    # planted: the candidate ranks every user's target 6 places lower than student_nokd -> refused
+    worse = judge(evaluation(user_ranks({**GOOD, "student": 8})), N_ITEMS, cfg, DATASET)
+    assert worse.severity == "ERROR"
+    refused = {r["baseline"] for r in worse.rows if r["decision"] == "refused"}
+    assert refused == {"student_nokd", "sasrec", "teacher"}
+    assert all(r["hi"] < r["threshold"] for r in worse.rows if r["decision"] == "refused")
+    assert any("significantly worse than student_nokd" in e for e in worse.errors)
 
-    broken = json.loads(json.dumps(metrics))
-    broken["models"]["student"]["mrr"] = float("nan")
-    del broken["models"]["teacher"]
+    # same quality as student_nokd, user by user different: the CI spans the 0 threshold -> WARN, promoted
+    spans = judge(evaluation(user_ranks({**GOOD, "student_nokd": 0}, noisy=("student",))), N_ITEMS, cfg, DATASET)
+    nokd = [r for r in spans.rows if r["baseline"] == "student_nokd"]
+    assert not spans.errors and spans.severity == "WARN"
+    assert all(r["decision"] == "warned" and r["lo"] < 0 < r["hi"] for r in nokd)
+
+    broken = evaluation(user_ranks(GOOD))
+    broken["validation"]["models"]["student"]["mrr"] = float("nan")
+    del broken["validation"]["comparisons"]["student-teacher"]
     v = judge(broken, N_ITEMS, cfg, DATASET)
     assert v.severity == "ERROR"
-    assert any("student mrr missing or not finite" in e for e in v.errors)
-    assert any("baseline teacher ndcg@10 missing" in e for e in v.errors)
+    assert any("student validation mrr missing or not finite" in e for e in v.errors)
+    assert any("baseline teacher ndcg@10" in e for e in v.errors)
 
-    near_random = json.loads(json.dumps(metrics))
-    near_random["models"]["student"] = {"ndcg@10": 0.1, "mrr": 0.2}  # random over 40 items: 0.114 / 0.107
+    no_validation = {k: v for k, v in evaluation(user_ranks(GOOD)).items() if k != "validation"}
+    assert any("no validation metrics" in e for e in judge(no_validation, N_ITEMS, cfg, DATASET).errors)
+    near_random = evaluation(user_ranks({name: 25 for name in GOOD}))  # ranks 26..36 of 40 items
     assert any("random ranking" in e for e in judge(near_random, N_ITEMS, cfg, DATASET).errors)
-    assert any("evaluates dataset" in e for e in judge(metrics, N_ITEMS, cfg, "e" * 64).errors)
+    assert any("evaluates dataset" in e for e in judge(evaluation(user_ranks(GOOD)), N_ITEMS, cfg, "e" * 64).errors)
 
 
 # --- the Dagster checks -----------------------------------------------------------------------------
@@ -166,10 +199,13 @@ def test_model_checks_pass_on_sound_models_and_fail_with_error_on_nan(project):
 
 def test_comparison_check_warns_on_regression_and_errors_when_broken(project):
     assert check_result(candidate_vs_baselines, project).passed
-    write_metrics(project, {**GOOD, "student": 0.25})
+    write_metrics(project, {**GOOD, "student_nokd": 0}, noisy=("student",))
     result = check_result(candidate_vs_baselines, project)
     assert not result.passed and result.severity == dg.AssetCheckSeverity.WARN
-    write_metrics(project, {**GOOD, "student": float("nan")})
+    write_metrics(project, {**GOOD, "student": 8})
+    result = check_result(candidate_vs_baselines, project)
+    assert not result.passed and result.severity == dg.AssetCheckSeverity.ERROR
+    write_metrics(project, GOOD, nan="ndcg@10")
     result = check_result(candidate_vs_baselines, project)
     assert not result.passed and result.severity == dg.AssetCheckSeverity.ERROR
 
@@ -193,8 +229,9 @@ def test_promotion_records_the_student(project):
     assert record["model"] == "student" and record["path"] == "models/student"
     assert record["content_hash"] == card["content_hash"]
     assert record["dvc_md5"] == "student-md5.dir"
-    assert record["metrics"]["ndcg@10"] == GOOD["student"]
-    assert record["baselines"]["teacher"]["mrr"] == GOOD["teacher"]
+    metrics = json.loads((project / "results/metrics.json").read_text())
+    assert record["metrics"]["ndcg@10"] == metrics["models"]["student"]["ndcg@10"]
+    assert {(g["baseline"], g["metric"], g["decision"]) for g in record["gate"]} >= {("teacher", "mrr", "passed")}
     assert record["warnings"] == [] and record["dataset_hash"] == DATASET
     assert record["dagster_run_id"] == result.run_id and record["promoted_at"]
     meta = result.asset_materializations_for_node("promoted_model")[0].metadata
@@ -202,14 +239,22 @@ def test_promotion_records_the_student(project):
 
 
 def test_promotion_with_a_regression_is_recorded_with_its_warning(project):
-    write_metrics(project, {**GOOD, "student": 0.305})  # more than 10% below the teacher (0.34), above the rest
+    write_metrics(project, {**GOOD, "student_nokd": 0}, noisy=("student",))  # CI vs student_nokd spans 0
     assert promote(project).success
     record = json.loads((project / "models/promoted.json").read_text())
-    assert len(record["warnings"]) == 2 and all("teacher" in w for w in record["warnings"])
+    assert len(record["warnings"]) == 2 and all("student_nokd" in w for w in record["warnings"])
+    assert {g["decision"] for g in record["gate"] if g["baseline"] == "student_nokd"} == {"warned"}
+
+
+def test_promotion_refuses_a_significantly_worse_candidate(project):
+    write_metrics(project, {**GOOD, "student": 8})
+    result = promote(project)
+    assert not result.success and "significantly worse than student_nokd" in failure_text(result)
+    assert not (project / "models/promoted.json").exists()
 
 
 @pytest.mark.parametrize("breakage, reason", [
-    ("nan_metric", "student ndcg@10 missing or not finite"),
+    ("nan_metric", "student validation ndcg@10 missing or not finite"),
     ("nan_weights", "non-finite values"),
     ("tampered", "modified after training"),
     ("stale_evaluation", "re-run model_evaluation"),
@@ -218,7 +263,7 @@ def test_promotion_is_refused_and_keeps_the_previous_record(project, breakage, r
     assert promote(project).success
     before = (project / "models/promoted.json").read_text()
     if breakage == "nan_metric":
-        write_metrics(project, {**GOOD, "student": float("nan")})
+        write_metrics(project, GOOD, nan="ndcg@10")
     elif breakage == "nan_weights":
         ckpt = torch.load(project / "models/student/model.pt", weights_only=True)
         next(iter(ckpt["model_state"].values())).view(-1)[0] = math.inf

@@ -1,8 +1,10 @@
 """The promotion comparison: the distilled student against student_nokd, the teacher and SASRec.
 
-One blocking check, two severities: WARN when the student regresses beyond `promotion.max_regression`
-(recorded, does not block), ERROR when the evaluation is broken (missing or NaN metrics, another
-dataset, no better than random ranking) — that blocks `promoted_model`.
+One blocking check, decided on the validation split with paired-bootstrap CIs (orchestration/promotion.py):
+ERROR when the candidate is significantly worse than `promotion.max_regression` allows (the CI's upper
+bound below the threshold) or the evaluation is broken (missing or NaN metrics, another dataset, no
+better than random ranking) — that blocks `promoted_model`; WARN (recorded, does not block) when the
+CI spans the threshold.
 """
 
 import dagster as dg
@@ -16,7 +18,8 @@ from orchestration.promotion import judge, read_evaluation
     name="candidate_vs_baselines",
     blocking=True,
     description="The promotion candidate (params promotion.candidate) against student_nokd, the teacher and SASRec "
-    "on test NDCG@10 / MRR: WARN on a regression beyond promotion.max_regression, ERROR when broken.",
+    "on VALIDATION NDCG@10 / MRR with paired-bootstrap CIs: ERROR (blocks) when significantly worse than "
+    "promotion.max_regression allows or when broken, WARN when the CI spans the allowed drop.",
 )
 def candidate_vs_baselines(pipeline: DvcPipeline) -> dg.AssetCheckResult:
     params = pipeline.params()
