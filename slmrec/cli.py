@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "slmrec.data.commands",  # data fetch, ingest, sequences
     "slmrec.stages.commands",  # train-sasrec, train-teacher, train-student, evaluate, experiment
     "slmrec.lineage",  # lineage
+    "slmrec.serve.commands",  # recommend, serve
 ]
 
 

@@ -1,0 +1,136 @@
+"""Batch recommendations: top-K for a set of users, written to Parquet and (optionally) DuckDB.
+
+    df = batch_recommendations(rec, users, k, partition="1998-03-01")
+    write_parquet(df, "results/recommendations/1998-03-01.parquet")
+    write_duckdb(df, "results/recommendations/recommendations.duckdb")   # replaces that partition's rows
+
+Columns (the contract the monitoring reads): user_id, rank (1-based), item_id (original ids, as
+text), score, model (the model directory's content hash), partition (YYYY-MM-DD, or the label given).
+
+The DuckDB table lives in its own file under `serve.recommendations_dir`, not in the warehouse:
+the ingest stage rebuilds data/warehouse.duckdb from the raw files (a swap of the whole file),
+which would drop any table written into it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from slmrec.serve.history import active_users
+from slmrec.serve.recommender import RECOMMENDATION_COLUMNS, Recommender
+
+COLUMNS = [*RECOMMENDATION_COLUMNS, "partition"]
+SCHEMA = pa.schema([
+    ("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()), ("score", pa.float64()),
+    ("model", pa.string()), ("partition", pa.string()),
+])  # fmt: skip
+TABLE = "recommendations"
+DDL = "user_id VARCHAR, rank INTEGER, item_id VARCHAR, score DOUBLE, model VARCHAR, partition VARCHAR"
+DB_FILE = "recommendations.duckdb"
+
+
+def select_users(rec: Recommender, day: str | None = None, users_file: str | Path | None = None) -> list[str]:
+    """The users to score: those listed in `users_file` (one id a line), or active on `day`, or all in the store."""
+    if users_file is not None and day is not None:
+        raise ValueError("give --users or --day, not both")
+    if users_file is not None:
+        path = Path(users_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"users file {path} not found")
+        users = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if not users:
+            raise ValueError(f"users file {path} lists no user")
+        return list(dict.fromkeys(users))  # first occurrence order, no duplicates
+    if day is not None:
+        return active_users(rec.sources.db, day)
+    return sorted(rec.history.user_ids())
+
+
+def batch_recommendations(rec: Recommender, users: list[str], k: int, partition: str, batch_size: int = 256) -> pd.DataFrame:
+    df = rec.recommend_users(users, k, batch_size=batch_size)
+    out = df.assign(partition=str(partition))[COLUMNS]
+    out.attrs.update(df.attrs)
+    return out
+
+
+def _table(df: pd.DataFrame) -> pa.Table:
+    return pa.Table.from_pandas(df[COLUMNS], schema=SCHEMA, preserve_index=False)
+
+
+def write_parquet(df: pd.DataFrame, path: str | Path) -> Path:
+    """Atomic write (temp file + rename): a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(_table(df), tmp, compression="zstd")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def write_duckdb(df: pd.DataFrame, db: str | Path, partitions: list[str] | None = None) -> int:
+    """Replace the rows of `partitions` (default: df's) in table `recommendations`, in one transaction.
+
+    Naming the partition explicitly matters when df is empty (no active user that day): the old
+    rows of that day are still removed. Returns the rows written.
+    """
+    db = Path(db)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    table = _table(df)
+    partitions = sorted(set(df["partition"])) if partitions is None else list(partitions)
+    with duckdb.connect(str(db)) as con:
+        con.begin()
+        try:
+            # created on the first write; every write then replaces its partitions (never a silent no-op)
+            con.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} ({DDL})")
+            con.execute(f"DELETE FROM {TABLE} WHERE partition IN (SELECT unnest(?::VARCHAR[]))", [partitions])
+            con.register("_new", table)
+            con.execute(f"INSERT INTO {TABLE} SELECT {', '.join(COLUMNS)} FROM _new")
+            con.unregister("_new")
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+    return table.num_rows
+
+
+def run_batch(
+    rec: Recommender,
+    k: int,
+    out: str | Path,
+    partition: str,
+    day: str | None = None,
+    users_file: str | Path | None = None,
+    duckdb_file: str | Path | None = None,
+    batch_size: int = 256,
+) -> dict:
+    """Select users, score them, write the Parquet file (and the DuckDB partition). Returns a summary."""
+    users = select_users(rec, day, users_file)
+    df = batch_recommendations(rec, users, k, partition, batch_size) if users else pd.DataFrame(columns=COLUMNS)
+    write_parquet(df, out)
+    if duckdb_file is not None:
+        write_duckdb(df, duckdb_file, [partition])
+    return {
+        "partition": partition,
+        "users_selected": len(users),
+        "users_scored": int(df["user_id"].nunique()) if len(df) else 0,
+        "users_skipped": df.attrs.get("skipped", []),
+        "users_fallback": len(df.attrs.get("fallback", [])),
+        "rows": len(df),
+        "k": k,
+        "model": rec.model_hash,
+        "model_dir": str(rec.sources.model_dir),
+        "out": str(out),
+        "duckdb": str(duckdb_file) if duckdb_file is not None else None,
+    }

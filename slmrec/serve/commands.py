@@ -1,0 +1,81 @@
+"""CLI: `slmrec recommend` (batch top-K to Parquet/DuckDB) and `slmrec serve` (the HTTP service).
+
+Exit codes: 0 ok; 2 bad input (message on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+from slmrec.config import load_params
+from slmrec.serve.history import StoreBusy
+
+EXPECTED = (ValueError, FileNotFoundError, StoreBusy)
+
+
+def _fail(command: str, err: BaseException) -> int:
+    print(f"slmrec {command}: error: {err}", file=sys.stderr)
+    return 2
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    rec = sub.add_parser("recommend", help="batch top-K recommendations of a model to Parquet (and DuckDB)")
+    rec.add_argument("--model", help="model directory (default: the one models/promoted.json names)")
+    rec.add_argument("--splits", help="splits dir (default: the model card's parent)")
+    rec.add_argument("--db", help="DuckDB store with raw_interactions (default: through the splits' lineage)")
+    rec.add_argument("--k", type=int, help="list length (default: serve.k)")
+    rec.add_argument("--out", required=True, help="Parquet file to write")
+    rec.add_argument("--users", help="file with one user id a line (default: all users in the store)")
+    rec.add_argument("--day", help="YYYY-MM-DD: only the users active that day (UTC); also the partition label")
+    rec.add_argument("--partition", help="partition label (default: --day, else today's UTC date)")
+    rec.add_argument("--duckdb", help="also replace this partition in table `recommendations` of this DuckDB file")
+    rec.add_argument("--device", help="override the checkpoint's device (e.g. cpu)")
+    rec.add_argument("--params", default="params.yaml")
+    rec.add_argument("--root", default=".", help="relative paths in cards and promoted.json resolve against this")
+    rec.add_argument("--json", action="store_true")
+    rec.set_defaults(func=cmd_recommend)
+
+
+def _params(path: str):
+    """params.yaml when present (serve/eval/promotion groups); built-in defaults otherwise."""
+    from slmrec.config import Params
+
+    return load_params(path) if Path(path).is_file() else Params()
+
+
+def model_dir_from_args(args: argparse.Namespace, params) -> Path:
+    from slmrec.serve.sources import read_promoted
+
+    if args.model:
+        return Path(args.model)
+    record = Path(params.promotion.record)
+    model_dir, _ = read_promoted(record if record.is_absolute() else Path(args.root) / record, args.root)
+    return model_dir
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from slmrec.serve.batch import run_batch
+    from slmrec.serve.recommender import Recommender
+
+    try:
+        params = _params(args.params)
+        k = args.k if args.k is not None else params.serve.k
+        if not 1 <= k <= params.serve.max_k:
+            raise ValueError(f"--k must be in 1..{params.serve.max_k} (serve.max_k), got {k}")
+        partition = args.partition or args.day or dt.datetime.now(dt.timezone.utc).date().isoformat()
+        rec = Recommender.load(model_dir_from_args(args, params), args.splits, args.db, root=args.root,
+                               device=args.device, eval_cfg=params.eval, cold_start=params.serve.cold_start)
+        summary = run_batch(rec, k, args.out, partition, day=args.day, users_file=args.users,
+                            duckdb_file=args.duckdb)
+    except EXPECTED as err:
+        return _fail("recommend", err)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{summary['rows']} rows for {summary['users_scored']} users (partition {partition}, "
+              f"model {summary['model'][:12]}) -> {args.out}")
+    return 0
