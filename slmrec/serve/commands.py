@@ -38,6 +38,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     rec.add_argument("--root", default=".", help="relative paths in cards and promoted.json resolve against this")
     rec.add_argument("--json", action="store_true")
     rec.set_defaults(func=cmd_recommend)
+    add_serve_command(sub)
 
 
 def _params(path: str):
@@ -78,4 +79,66 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     else:
         print(f"{summary['rows']} rows for {summary['users_scored']} users (partition {partition}, "
               f"model {summary['model'][:12]}) -> {args.out}")
+    return 0
+
+
+def add_serve_command(sub: argparse._SubParsersAction) -> None:
+    srv = sub.add_parser("serve", help="HTTP service: top-K recommendations (FastAPI + uvicorn)")
+    srv.add_argument("--model", help="model directory (pinned); default: follow models/promoted.json, hot reload")
+    srv.add_argument("--splits", help="splits dir of the first model (default: through its card)")
+    srv.add_argument("--db", help="DuckDB store with raw_interactions (default: through the splits' lineage)")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--log", help="answer log folder (default: serve.log_dir)")
+    srv.add_argument("--params", default="params.yaml")
+    srv.add_argument("--root", default=".", help="relative paths in cards and promoted.json resolve against this")
+    srv.add_argument("--device", help="override the checkpoint's device (e.g. cpu)")
+    srv.add_argument("--max-batch", type=int, help="micro-batch size (default: serve.max_batch; 1 = no batching)")
+    srv.add_argument("--max-wait-ms", type=float, help="micro-batch wait (default: serve.max_wait_ms)")
+    srv.add_argument("--cold-start", choices=("error", "popular"), help="default: serve.cold_start")
+    srv.add_argument("--poll-seconds", type=float, help="promotion record / store poll (default: serve.reload_poll_seconds)")
+    srv.add_argument("--access-log", action="store_true", help="uvicorn's per-request access log (off: it costs)")
+    srv.set_defaults(func=cmd_serve)
+
+
+def serve_config(args: argparse.Namespace, params):
+    import dataclasses
+
+    cfg = params.serve
+    overrides = {"max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "cold_start": args.cold_start,
+                 "reload_poll_seconds": args.poll_seconds, "log_dir": args.log}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    if cfg.max_batch < 1 or cfg.max_wait_ms < 0 or cfg.reload_poll_seconds <= 0 or not 1 <= cfg.k <= cfg.max_k:
+        raise ValueError(f"serve: need max_batch >= 1, max_wait_ms >= 0, reload_poll_seconds > 0, 1 <= k <= max_k: {cfg}")
+    return cfg
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from slmrec.serve.app import ServerState, create_app
+    from slmrec.serve.recommender import Recommender
+
+    try:
+        params = _params(args.params)
+        cfg = serve_config(args, params)
+        model_dir = model_dir_from_args(args, params)
+        options = dict(root=args.root, device=args.device, eval_cfg=params.eval, cold_start=cfg.cold_start)
+        rec = Recommender.load(model_dir, args.splits, args.db, **options)
+    except EXPECTED as err:
+        return _fail("serve", err)
+    promoted = None
+    if not args.model:
+        record = Path(params.promotion.record)
+        promoted = record if record.is_absolute() else Path(args.root) / record
+    state = ServerState(
+        rec=rec, cfg=cfg, log_dir=Path(cfg.log_dir), promoted=promoted, root=Path(args.root),
+        # a promoted model is a new training run: its splits come from its own card (--db still applies)
+        loader=lambda d: Recommender.load(d, None, args.db, **options),
+    )
+    print(f"slmrec serve: model {rec.model_hash[:12]} ({model_dir}), "
+          f"{'following ' + str(promoted) if promoted else 'pinned'}, answer log {cfg.log_dir}, "
+          f"micro-batch {cfg.max_batch} / {cfg.max_wait_ms} ms", file=sys.stderr, flush=True)
+    uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="info", access_log=args.access_log,
+                timeout_graceful_shutdown=30)
     return 0
