@@ -1,0 +1,199 @@
+"""Evidently reports comparing a reference window with a current one (pinned evidently 0.7.23).
+
+    report = monitor(reference, current, train, MonitoringConfig())
+    report.values["ndcg@10"]            # {"reference": 0.061, "current": 0.044}
+    save_report(report, "results/monitoring/1998-03-01")   # report.html, evidently.json, summary.json
+
+One Evidently dataset per window holds three kinds of rows (see `evidently_frame`): the top-K lists
+(rank 1..K, score), the ground-truth items that were not recommended (rank K+1, target 1: without them
+NDCG's ideal DCG and Recall's denominator would only count recommended items), and one input row per
+user (history_len, unknown_share, cold_start; rank K+2 and target 0, which every top-K metric filters
+out; the rank column must stay integer: HitRate builds a range() from its maximum).
+
+What each value is and how it is read from the snapshot is pinned by tests/monitor/test_report.py
+against hand-computed numbers. Known 0.7.23 behaviours handled here:
+- the top-K metrics return a table (rank, value) per cut-off; for NDCG its `rank` column is off by one
+  (the value of NDCG@k sits in the row labelled k+1) while HitRate/Recall are labelled correctly, so
+  values are taken by position (row k-1), never by the label;
+- the reference-side value of PopularityBias(coverage) is computed over every reference row (not only
+  the top-K, and without intersecting with the training items), so reference values are taken from a
+  second run in which the reference window is the current data: both windows through one formula;
+- `save_html`/`save_json` silently write nothing for a pathlib.Path: we pass str and check the files;
+- ScoreDistribution fails on rank-type recommendations: not used (score drift is ValueDrift on `score`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from evidently import DataDefinition, Dataset, Recsys, Report
+from evidently.metrics import (
+    NDCG,
+    HitRate,
+    MeanValue,
+    Novelty,
+    Personalization,
+    PopularityBiasMetric,
+    RecallTopK,
+    RowCount,
+    ValueDrift,
+)
+
+from slmrec.config import MonitoringConfig
+from slmrec.monitor.window import Window
+
+NUMERIC = ["rank", "target", "score", "history_len", "unknown_share", "cold_start"]
+DEFINITION = DataDefinition(
+    numerical_columns=NUMERIC,
+    categorical_columns=["user_id", "item_id"],
+    ranking=[Recsys(user_id="user_id", item_id="item_id", target="target", prediction="rank",
+                    recommendations_type="rank")],
+)
+TRAIN_DEFINITION = DataDefinition(categorical_columns=["user_id", "item_id"])
+
+# metric groups: which values a report holds depends on what both windows carry
+QUALITY = ("ndcg", "hit_rate", "recall")
+LISTS = ("popularity_arp", "coverage", "gini", "personalization", "novelty")
+INPUTS = ("mean_history_len", "unknown_item_share", "cold_user_share")
+DRIFTS = ("score_drift", "history_len_drift")
+
+
+def evidently_frame(window: Window, k: int) -> pd.DataFrame:
+    """The window as one Evidently table: top-K rows, missed ground-truth rows (rank k+1), input rows."""
+    recs = window.recs[window.recs["rank"] <= k].copy()
+    recs["target"] = 0.0
+    parts = [recs]
+    if window.truth is not None:
+        relevant = set(zip(window.truth["user_id"], window.truth["item_id"]))
+        recs["target"] = [float((u, i) in relevant) for u, i in zip(recs["user_id"], recs["item_id"])]
+        listed = set(zip(recs["user_id"], recs["item_id"]))
+        users = set(recs["user_id"])  # quality is measured on users that got a list
+        missed = window.truth[[(u in users and (u, i) not in listed)
+                               for u, i in zip(window.truth["user_id"], window.truth["item_id"])]]
+        parts = [recs, missed.assign(rank=k + 1, target=1.0, score=np.nan)]
+    if window.inputs is not None:
+        parts.append(window.inputs.assign(rank=k + 2, target=0.0, score=np.nan, item_id=None))
+    frame = pd.concat(parts, ignore_index=True).reindex(columns=["user_id", "item_id", *NUMERIC])
+    return frame.astype({c: (int if c == "rank" else float) for c in NUMERIC})
+
+
+def _metrics(k: int, cfg: MonitoringConfig, quality: bool, inputs: bool, drift: bool) -> dict[str, object]:
+    m: dict[str, object] = {"rows": RowCount()}
+    if quality:
+        m.update({"ndcg": NDCG(k=k), "hit_rate": HitRate(k=k), "recall": RecallTopK(k=k)})
+    m.update({
+        "popularity_arp": PopularityBiasMetric(k=k, metric="arp"),
+        "coverage": PopularityBiasMetric(k=k, metric="coverage"),
+        "gini": PopularityBiasMetric(k=k, metric="gini"),
+        "personalization": Personalization(k=k),
+        "novelty": Novelty(k=k),
+    })
+    if inputs:
+        m.update({"mean_history_len": MeanValue(column="history_len"),
+                  "unknown_item_share": MeanValue(column="unknown_share"),
+                  "cold_user_share": MeanValue(column="cold_start")})
+    if drift:
+        m["score_drift"] = ValueDrift(column="score", method=cfg.score_drift_method)
+        if inputs:
+            m["history_len_drift"] = ValueDrift(column="history_len", method=cfg.input_drift_method)
+    return m
+
+
+def _value(result, k: int) -> float:
+    """A float out of a metric result: SingleValue -> value; top-K table -> the row of cut-off k (by position)."""
+    value = result.value
+    if isinstance(value, pd.DataFrame):
+        if value.empty:
+            return math.nan
+        return float(value["value"].iloc[min(k, len(value)) - 1])  # rows are cut-offs 1, 2, ...: see module doc
+    return float(value)
+
+
+def _run(current: pd.DataFrame, reference: pd.DataFrame | None, train: pd.DataFrame, metrics: dict):
+    report = Report(list(metrics.values()))
+    train_ds = Dataset.from_pandas(train, data_definition=TRAIN_DEFINITION)
+    snapshot = report.run(
+        current_data=Dataset.from_pandas(current, data_definition=DEFINITION),
+        reference_data=None if reference is None else Dataset.from_pandas(reference, data_definition=DEFINITION),
+        additional_data={"current_train_data": train_ds, "reference_train_data": train_ds},
+    )
+    return snapshot
+
+
+@dataclass
+class MonitorReport:
+    k: int
+    values: dict[str, dict[str, float | None]]  # name -> {"reference": x, "current": y}
+    counts: dict[str, int]  # users / users with ground truth, per window
+    snapshot: object = field(repr=False)  # the Evidently snapshot (current vs reference), for HTML/JSON
+    metric_names: dict[str, str] = field(default_factory=dict)  # our name -> Evidently's metric name
+
+    def value(self, name: str, side: str = "current") -> float | None:
+        return self.values.get(name, {}).get(side)
+
+
+def _key(name: str, k: int) -> str:
+    return f"{name}@{k}" if name in QUALITY else name
+
+
+def monitor(reference: Window, current: Window, train: pd.DataFrame, cfg: MonitoringConfig) -> MonitorReport:
+    """Run the Evidently report of `current` against `reference`; `train` = the model's training interactions
+    (user_id, item_id), the popularity that ARP, coverage and novelty are measured against."""
+    k = cfg.k
+    train = train[["user_id", "item_id"]].astype(str)
+    if train.empty:
+        raise ValueError("training interactions are empty: popularity bias and novelty need them")
+    for name, w in (("reference", reference), ("current", current)):
+        if w.users == 0:
+            raise ValueError(f"the {name} window holds no recommendation lists")
+    quality = reference.truth_users > 0 and current.truth_users > 0
+    inputs = reference.inputs is not None and current.inputs is not None
+    ref_frame, cur_frame = evidently_frame(reference, k), evidently_frame(current, k)
+
+    metrics = _metrics(k, cfg, quality, inputs, drift=True)
+    snapshot = _run(cur_frame, ref_frame, train, metrics)
+    results = snapshot.metric_results
+    # the reference side through the same formulas: the reference window as current data (module doc)
+    ref_metrics = _metrics(k, cfg, quality, inputs, drift=False)
+    ref_results = _run(ref_frame, None, train, ref_metrics).metric_results
+
+    values: dict[str, dict[str, float | None]] = {}
+    for name, metric in metrics.items():
+        if name == "rows":
+            continue
+        current_value = _value(results[metric.metric_id], k)
+        reference_value = None if name in DRIFTS else _value(ref_results[ref_metrics[name].metric_id], k)
+        values[_key(name, k)] = {"reference": _clean(reference_value), "current": _clean(current_value)}
+    counts = {
+        "reference_users": reference.users, "current_users": current.users,
+        "reference_truth_users": reference.truth_users, "current_truth_users": current.truth_users,
+    }
+    names = {_key(n, k): results[m.metric_id].display_name for n, m in metrics.items() if n != "rows"}
+    return MonitorReport(k=k, values=values, counts=counts, snapshot=snapshot, metric_names=names)
+
+
+def _clean(x: float | None) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def save_report(report: MonitorReport, out_dir: str | Path, summary: dict) -> dict[str, Path]:
+    """report.html + evidently.json (Evidently's own) and summary.json (our values, counts and `summary`)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"html": out / "report.html", "evidently_json": out / "evidently.json", "summary": out / "summary.json"}
+    for p in paths.values():
+        p.unlink(missing_ok=True)
+    report.snapshot.save_html(str(paths["html"]))  # str: a Path is silently ignored by evidently 0.7.23
+    report.snapshot.save_json(str(paths["evidently_json"]))
+    body = {"k": report.k, "values": report.values, "counts": report.counts,
+            "evidently_metrics": report.metric_names, **summary}
+    paths["summary"].write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+    for name, p in paths.items():
+        if not p.is_file() or p.stat().st_size == 0:
+            raise RuntimeError(f"monitoring report: {name} was not written to {p}")
+    return paths

@@ -1,0 +1,107 @@
+"""The drift verdict: our rules over the values of a monitoring report, thresholds from params.yaml.
+
+Evidently computes the numbers; whether they mean drift is decided here (not by Evidently's own
+tests), so the rule is the same in `slmrec monitor`, the Dagster check and the replay:
+
+| rule | fails when | needs |
+| --- | --- | --- |
+| score_drift | ValueDrift(score) distance > score_drift_threshold | >= min_users current users |
+| history_len_drift | ValueDrift(history_len) distance > input_drift_threshold | inputs in both windows |
+| unknown_item_share | mean share of unknown history items > max_unknown_item_share | current inputs |
+| cold_user_share | share of users without a usable history > max_cold_user_share | current inputs |
+| ndcg_drop | (ref − cur) / ref of NDCG@k > max_ndcg_drop | >= min_users current users with ground truth |
+| popularity_shift | abs relative change of ARP > max_popularity_change | >= min_users current users |
+
+A rule without what it needs is `skipped` (never a pass nor a fail by default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from slmrec.config import MonitoringConfig
+from slmrec.monitor.report import MonitorReport
+
+
+@dataclass
+class Rule:
+    name: str
+    status: str  # pass | fail | skipped
+    value: float | None
+    threshold: float
+    reference: float | None = None
+    reason: str = ""
+
+
+@dataclass
+class Verdict:
+    rules: list[Rule]
+
+    @property
+    def drift(self) -> bool:
+        return any(r.status == "fail" for r in self.rules)
+
+    @property
+    def failing(self) -> list[Rule]:
+        return [r for r in self.rules if r.status == "fail"]
+
+    def to_dict(self) -> dict:
+        return {"drift": self.drift, "failing": [r.name for r in self.failing], "rules": [asdict(r) for r in self.rules]}
+
+    def markdown(self) -> str:
+        def fmt(x):
+            return "—" if x is None else f"{x:.4g}"
+        lines = ["| rule | status | current | reference | threshold | why |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r.name} | {r.status} | {fmt(r.value)} | {fmt(r.reference)} | {r.threshold:g} | {r.reason} |"
+                  for r in self.rules]
+        return "\n".join(lines)
+
+
+def _above(name: str, value: float | None, threshold: float, needs: str | None, reference: float | None = None,
+           what: str = "") -> Rule:
+    if needs:
+        return Rule(name, "skipped", value, threshold, reference, needs)
+    if value is None:
+        return Rule(name, "skipped", None, threshold, reference, "no value in the report")
+    failed = value > threshold
+    return Rule(name, "fail" if failed else "pass", value, threshold, reference,
+                f"{what} {value:.4g} {'>' if failed else '<='} {threshold:g}".strip())
+
+
+def _relative(cur: float | None, ref: float | None, signed: bool) -> float | None:
+    if cur is None or ref is None or ref == 0:
+        return None
+    change = (ref - cur) / ref
+    return change if signed else abs(change)
+
+
+def judge(report: MonitorReport, cfg: MonitoringConfig) -> Verdict:
+    k, c = report.k, report.counts
+    few = (f"{c['current_users']} current users < min_users {cfg.min_users}"
+           if c["current_users"] < cfg.min_users else None)
+    v = report.values
+    has_inputs = "unknown_item_share" in v
+    no_inputs = None if has_inputs else "no input features in both windows"
+    ndcg = v.get(f"ndcg@{k}")
+    if ndcg is None:
+        no_truth = "no ground truth yet in both windows"
+    elif c["current_truth_users"] < cfg.min_users:
+        no_truth = f"{c['current_truth_users']} current users with ground truth < min_users {cfg.min_users}"
+    else:
+        no_truth = None
+    arp = v.get("popularity_arp", {})
+    rules = [
+        _above("score_drift", v.get("score_drift", {}).get("current"), cfg.score_drift_threshold, few,
+               what=f"{cfg.score_drift_method} distance"),
+        _above("history_len_drift", v.get("history_len_drift", {}).get("current"), cfg.input_drift_threshold,
+               no_inputs, what=f"{cfg.input_drift_method} distance"),
+        _above("unknown_item_share", v.get("unknown_item_share", {}).get("current"), cfg.max_unknown_item_share,
+               no_inputs, v.get("unknown_item_share", {}).get("reference"), "share"),
+        _above("cold_user_share", v.get("cold_user_share", {}).get("current"), cfg.max_cold_user_share, no_inputs,
+               v.get("cold_user_share", {}).get("reference"), "share"),
+        _above("ndcg_drop", _relative((ndcg or {}).get("current"), (ndcg or {}).get("reference"), signed=True),
+               cfg.max_ndcg_drop, no_truth, (ndcg or {}).get("reference"), f"relative drop of NDCG@{k}"),
+        _above("popularity_shift", _relative(arp.get("current"), arp.get("reference"), signed=False),
+               cfg.max_popularity_change, few, arp.get("reference"), "relative change of ARP"),
+    ]
+    return Verdict(rules)

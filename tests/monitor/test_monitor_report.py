@@ -1,0 +1,166 @@
+"""Every Evidently value the verdict reads, against a number computed here by hand (k = 3, two users).
+
+training interactions: item a by 4 users, b by 2, c by 1, d by 1 (4 users, 4 items)
+reference lists:  u1: a b c   u2: a b c     truth: u1 -> a, u2 -> c
+current lists:    u1: a b c   u2: a e g     truth: u1 -> b, u2 -> f (not listed), u3 -> x (no list)
+"""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from slmrec.config import MonitoringConfig
+from slmrec.monitor.report import evidently_frame, monitor, save_report
+from slmrec.monitor.verdict import judge
+from slmrec.monitor.window import Window, read_window, write_window
+
+K = 3
+CFG = MonitoringConfig(k=K, min_users=1)
+TRAIN = pd.DataFrame({"user_id": ["t1", "t2", "t3", "t4", "t1", "t2", "t1", "t1"],
+                      "item_id": ["a", "a", "a", "a", "b", "b", "c", "d"]})
+REF_SCORES = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
+CUR_SCORES = [0.9, 0.8, 0.7, 0.3, 0.2, 0.1]
+
+
+def recs(lists: dict[str, list[str]], scores: list[float]) -> pd.DataFrame:
+    rows = [(u, r + 1, i) for u, items in lists.items() for r, i in enumerate(items)]
+    return pd.DataFrame(rows, columns=["user_id", "rank", "item_id"]).assign(score=scores)
+
+
+def inputs(rows) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["user_id", "history_len", "unknown_share", "cold_start"])
+
+
+REFERENCE = Window(
+    recs=recs({"u1": ["a", "b", "c"], "u2": ["a", "b", "c"]}, REF_SCORES),
+    truth=pd.DataFrame({"user_id": ["u1", "u2"], "item_id": ["a", "c"]}),
+    inputs=inputs([("u1", 4, 0.0, 0.0), ("u2", 2, 0.0, 0.0)]),
+)
+CURRENT = Window(
+    recs=recs({"u1": ["a", "b", "c"], "u2": ["a", "e", "g"]}, CUR_SCORES),
+    truth=pd.DataFrame({"user_id": ["u1", "u2", "u3"], "item_id": ["b", "f", "x"]}),
+    inputs=inputs([("u1", 4, 0.25, 0.0), ("u2", 2, 1.0, 1.0)]),
+)
+
+
+@pytest.fixture(scope="module")
+def report():
+    return monitor(REFERENCE, CURRENT, TRAIN, CFG)
+
+
+def test_evidently_frame_adds_missed_truth_at_rank_k_plus_1_and_one_input_row_per_user():
+    frame = evidently_frame(CURRENT, K)
+    missed = frame[frame["rank"] == K + 1]
+    assert missed[["user_id", "item_id", "target"]].values.tolist() == [["u2", "f", 1.0]]  # u3 got no list
+    hits = frame[(frame["rank"] <= K) & (frame["target"] == 1)]
+    assert hits[["user_id", "item_id"]].values.tolist() == [["u1", "b"]]
+    input_rows = frame[frame["rank"] == K + 2]
+    assert input_rows["user_id"].tolist() == ["u1", "u2"] and input_rows["score"].isna().all()
+    assert (input_rows["target"] == 0).all() and input_rows["item_id"].isna().all()
+
+
+def test_quality_metrics_match_hand_computed_values(report):
+    v = report.values
+    # u1: its item at rank 2 -> 1/log2(3); u2: missed -> 0.  Reference: rank 1 -> 1, rank 3 -> 1/log2(4)
+    assert v["ndcg@3"]["current"] == pytest.approx((1 / math.log2(3) + 0) / 2)
+    assert v["ndcg@3"]["reference"] == pytest.approx((1 + 0.5) / 2)
+    assert v["hit_rate@3"] == {"reference": pytest.approx(1.0), "current": pytest.approx(0.5)}
+    assert v["recall@3"] == {"reference": pytest.approx(1.0), "current": pytest.approx(0.5)}
+    assert report.counts == {"reference_users": 2, "current_users": 2, "reference_truth_users": 2,
+                             "current_truth_users": 2}
+
+
+def test_list_metrics_match_hand_computed_values(report):
+    v = report.values
+    # ARP: mean over users of the mean training popularity (users per item) of the listed known items
+    assert v["popularity_arp"]["current"] == pytest.approx(((4 + 2 + 1) / 3 + 4) / 2)  # e, g unknown: left out
+    assert v["popularity_arp"]["reference"] == pytest.approx((4 + 2 + 1) / 3)
+    # coverage: listed items that are training items / training items
+    assert v["coverage"] == {"reference": pytest.approx(3 / 4), "current": pytest.approx(3 / 4)}
+    # Gini over recommendation counts a:2, b, c, e, g: 1 each
+    counts = np.sort(np.array([2, 1, 1, 1, 1]))
+    idx = np.arange(1, 6)
+    assert v["gini"]["current"] == pytest.approx(np.sum((2 * idx - 6) * counts) / (4 * counts.sum()))  # 1/6
+    # personalization: 1 - overlap/k for the one pair of users (current overlap {a}, reference all 3)
+    assert v["personalization"] == {"reference": pytest.approx(0.0), "current": pytest.approx(1 - 1 / 3)}
+    # novelty: mean over users of -log2(share of training users who had the item): a 0, b 1, c 2
+    assert v["novelty"]["current"] == pytest.approx(((0 + 1 + 2) / 3 + 0) / 2)
+    assert v["novelty"]["reference"] == pytest.approx(1.0)
+
+
+def test_drift_and_input_values_match_hand_computed_values(report):
+    v = report.values
+    # normed Wasserstein: mean |sorted difference| / population std of the reference scores
+    expected = np.mean(np.abs(np.sort(CUR_SCORES) - np.sort(REF_SCORES))) / np.std(REF_SCORES)
+    assert v["score_drift"]["current"] == pytest.approx(expected)  # 0.15 / 0.1708
+    assert v["score_drift"]["reference"] is None
+    assert v["history_len_drift"]["current"] == pytest.approx(0.0)  # same lengths 4, 2
+    assert v["unknown_item_share"] == {"reference": 0.0, "current": pytest.approx((0.25 + 1.0) / 2)}
+    assert v["cold_user_share"] == {"reference": 0.0, "current": pytest.approx(0.5)}
+    assert v["mean_history_len"]["current"] == pytest.approx(3.0)
+
+
+def test_verdict_names_each_failing_rule(report):
+    verdict = judge(report, CFG)
+    status = {r.name: r.status for r in verdict.rules}
+    assert status == {
+        "score_drift": "fail",  # 0.878 > 0.25
+        "history_len_drift": "pass",
+        "unknown_item_share": "fail",  # 0.625 > 0.2
+        "cold_user_share": "fail",  # 0.5 > 0.2
+        "ndcg_drop": "fail",  # (0.75 - 0.315) / 0.75 = 0.58 > 0.5
+        "popularity_shift": "fail",  # |2.333 - 3.167| / 2.333 = 0.357 > 0.3
+    }
+    assert verdict.drift and sorted(verdict.to_dict()["failing"]) == sorted(
+        ["score_drift", "unknown_item_share", "cold_user_share", "ndcg_drop", "popularity_shift"])
+    ndcg = next(r for r in verdict.rules if r.name == "ndcg_drop")
+    assert ndcg.value == pytest.approx((0.75 - (1 / math.log2(3)) / 2) / 0.75)
+
+
+def test_same_window_is_no_drift_and_few_users_skip_list_rules():
+    same = monitor(REFERENCE, REFERENCE, TRAIN, CFG)
+    verdict = judge(same, CFG)
+    assert not verdict.drift and {r.status for r in verdict.rules} == {"pass"}
+    strict = MonitoringConfig(k=K, min_users=3)  # 2 current users < 3: no verdict on lists or quality
+    skipped = {r.name for r in judge(monitor(REFERENCE, CURRENT, TRAIN, strict), strict).rules if r.status == "skipped"}
+    assert skipped == {"score_drift", "ndcg_drop", "popularity_shift"}
+
+
+def test_without_truth_or_inputs_those_metrics_are_left_out():
+    bare = Window(recs=CURRENT.recs)
+    r = monitor(REFERENCE, bare, TRAIN, CFG)
+    assert "ndcg@3" not in r.values and "unknown_item_share" not in r.values
+    status = {x.name: x.status for x in judge(r, CFG).rules}
+    assert status["ndcg_drop"] == status["unknown_item_share"] == "skipped"
+
+
+def test_saved_report_files_and_window_round_trip(tmp_path, report):
+    verdict = judge(report, CFG)
+    paths = save_report(report, tmp_path / "day", {"verdict": verdict.to_dict()})
+    html = paths["html"].read_text()
+    assert paths["html"].stat().st_size > 10_000 and "NDCG" in html
+    summary = json.loads(paths["summary"].read_text())
+    assert summary["verdict"]["drift"] and summary["values"]["ndcg@3"]["reference"] == pytest.approx(0.75)
+    assert len(json.loads(paths["evidently_json"].read_text())["metrics"]) == len(report.values) + 1  # + RowCount
+
+    write_window(CURRENT, tmp_path / "w.parquet")
+    back = read_window(tmp_path / "w.parquet")
+    pd.testing.assert_frame_equal(back.recs, CURRENT.recs)
+    pd.testing.assert_frame_equal(back.truth, CURRENT.truth)
+    pd.testing.assert_frame_equal(back.inputs, CURRENT.inputs)
+    CURRENT.recs.to_parquet(tmp_path / "plain.parquet")  # a bare recommendations file reads as recs only
+    assert read_window(tmp_path / "plain.parquet").truth is None
+
+
+def test_bad_windows_are_refused_with_a_clear_error():
+    with pytest.raises(ValueError, match="missing column"):
+        Window(recs=pd.DataFrame({"user_id": ["u"], "item_id": ["a"]}))
+    with pytest.raises(ValueError, match="1-based"):
+        Window(recs=pd.DataFrame({"user_id": ["u"], "rank": [0], "item_id": ["a"], "score": [1.0]}))
+    with pytest.raises(ValueError, match="same \\(user_id, rank\\)"):
+        Window(recs=pd.DataFrame({"user_id": ["u", "u"], "rank": [1, 1], "item_id": ["a", "b"], "score": [1.0, 0.5]}))
+    with pytest.raises(ValueError, match="training interactions are empty"):
+        monitor(REFERENCE, CURRENT, TRAIN.iloc[:0], CFG)
