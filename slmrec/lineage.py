@@ -108,15 +108,42 @@ def write_card(
     if not reproducible:
         card["git_commit"] = git_commit()
         card["created_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    card[CARD_DIGEST] = card_digest(card)
     atomic_write_text(artifact_dir / CARD, json.dumps(card, indent=2, sort_keys=True) + "\n")
     return card
 
 
+CARD_DIGEST = "card_sha256"  # the card's own checksum: a corrupted or hand-edited card is refused
+CARD_KEYS = {"artifact": str, "content_hash": str, "params": dict, "parents": list, "metrics": dict}
+
+
+def card_digest(card: dict[str, Any]) -> str:
+    """sha256 of the card's canonical JSON without its own digest field."""
+    body = {k: v for k, v in card.items() if k != CARD_DIGEST}
+    return hashlib.sha256(json.dumps(body, indent=2, sort_keys=True).encode()).hexdigest()
+
+
+class CorruptCardError(ValueError):
+    """A card.json that is truncated, not JSON, malformed, or whose bytes changed after it was written."""
+
+
 def read_card(artifact_dir: str | Path) -> dict[str, Any]:
+    """The card of an artifact directory, checked: valid JSON, the expected fields, its own digest."""
     f = Path(artifact_dir) / CARD
     if not f.exists():
         raise FileNotFoundError(f"{artifact_dir} has no {CARD}: not an artifact of this pipeline")
-    return json.loads(f.read_text())
+    try:
+        card = json.loads(f.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptCardError(f"{f}: corrupted card, not JSON ({err}); rebuild the artifact") from err
+    if not isinstance(card, dict):
+        raise CorruptCardError(f"{f}: corrupted card, a JSON {type(card).__name__} instead of an object")
+    wrong = [k for k, kind in CARD_KEYS.items() if not isinstance(card.get(k), kind)]
+    if wrong:
+        raise CorruptCardError(f"{f}: corrupted card, field(s) {wrong} missing or of the wrong type")
+    if CARD_DIGEST in card and card[CARD_DIGEST] != card_digest(card):  # cards written before the digest: no check
+        raise CorruptCardError(f"{f}: corrupted or edited card: its bytes no longer match its {CARD_DIGEST}")
+    return card
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -199,6 +226,9 @@ def _cmd_lineage(args: argparse.Namespace) -> int:
     except FileNotFoundError as err:
         print(f"lineage: {err}", file=sys.stderr)
         return 2
+    except CorruptCardError as err:  # a card that fails its own check is a failed verification
+        print(f"lineage: CORRUPTED CARD: {err}", file=sys.stderr)
+        return 1
     bad = mismatches(node)
     if args.json:
         print(json.dumps({"lineage": node.to_dict(), "verified": args.verify, "mismatches": [b.path for b in bad]}))

@@ -3,7 +3,7 @@
 import json
 
 from slmrec import cli
-from slmrec.lineage import content_hash, mismatches, read_card, sha256_file, trace, write_card
+from slmrec.lineage import card_digest, content_hash, mismatches, read_card, sha256_file, trace, write_card
 
 
 def build_chain(root):
@@ -67,6 +67,10 @@ def test_verify_catches_a_card_that_lies_about_its_own_directory(tmp_path, capsy
     raw, snap, model = build_chain(tmp_path)
     card = json.loads((model / "card.json").read_text())
     card["content_hash"] = "0" * 64
+    (model / "card.json").write_text(json.dumps(card))
+    assert cli.main(["lineage", str(model), "--verify"]) == 1  # the edit breaks the card's own digest
+    assert f"CORRUPTED CARD: {model / 'card.json'}" in capsys.readouterr().err
+    card["card_sha256"] = card_digest(card)  # a card rewritten whole, digest included, still lies
     (model / "card.json").write_text(json.dumps(card))
     assert cli.main(["lineage", str(model), "--verify"]) == 1
     assert f"HASH MISMATCH at {model}" in capsys.readouterr().err

@@ -33,6 +33,8 @@ import hashlib
 import json
 import os
 import tempfile
+import time
+import uuid
 import dataclasses
 from dataclasses import asdict, dataclass, field
 
@@ -103,8 +105,43 @@ def make_batch_id(fmt: str, file_sha: str, items_sha: str | None, column_map: di
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def ingest(fmt: str, path: str, db: str, items: str | None = None, column_map: dict | None = None) -> IngestReport:
-    """Read `path` with reader `fmt` and store it as one batch in DuckDB `db` (one transaction)."""
+LOCK_TIMEOUT_S = 60.0  # how long an ingest waits for another process's hold on the store
+
+
+class StoreLockedError(OSError):
+    """The DuckDB store stayed locked by another process (DuckDB allows one writing process)."""
+
+
+def connect_store(db: str, read_only: bool = False, timeout: float = LOCK_TIMEOUT_S) -> duckdb.DuckDBPyConnection:
+    """duckdb.connect that waits while another process holds the file's lock, then fails clearly."""
+    deadline, pause = time.monotonic() + timeout, 0.05
+    while True:
+        try:
+            return duckdb.connect(db, read_only=read_only)
+        except duckdb.IOException as err:
+            if "lock" not in str(err).lower():
+                raise
+            if time.monotonic() >= deadline:
+                raise StoreLockedError(
+                    f"{db}: the store is locked by another process (another ingest, a rebuild or an open "
+                    f"reader); waited {timeout:g} s. Run again when it has finished. ({str(err).splitlines()[0]})"
+                ) from err
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 1.0)
+
+
+def ingest(
+    fmt: str,
+    path: str,
+    db: str,
+    items: str | None = None,
+    column_map: dict | None = None,
+    lock_timeout: float = LOCK_TIMEOUT_S,
+) -> IngestReport:
+    """Read `path` with reader `fmt` and store it as one batch in DuckDB `db` (one transaction).
+
+    Two ingests into one store: the second waits up to `lock_timeout` seconds for the first to
+    finish, then raises StoreLockedError; either way the store holds whole batches only."""
     if fmt not in READERS:
         raise ValueError(f"unknown format {fmt!r}; known: {sorted(READERS)}")
     reader, column_map = READERS[fmt], dict(column_map or {})
@@ -113,7 +150,7 @@ def ingest(fmt: str, path: str, db: str, items: str | None = None, column_map: d
     batch = Batch(fmt, path, items, file_sha, batch_id, db, given_map=tuple(sorted(column_map.items())))
 
     if os.path.exists(db):  # cheap check before parsing a big file again
-        with duckdb.connect(db) as con:
+        with connect_store(db, read_only=True, timeout=lock_timeout) as con:
             if _has_batch(con, batch_id):
                 return _recorded_report(con, batch)
 
@@ -121,27 +158,45 @@ def ingest(fmt: str, path: str, db: str, items: str | None = None, column_map: d
     catalog = reader.read_items(items) if items else None
     batch = dataclasses.replace(batch, column_map=read.column_map)
 
-    new_store = not os.path.exists(db)
-    try:
-        with duckdb.connect(db) as con:
-            _run(con, "SET TimeZone = 'UTC'")
-            con.begin()
-            try:
-                _create_missing_tables(con)
-                if _has_batch(con, batch_id):  # another process got there first
-                    con.rollback()
-                    return _recorded_report(con, batch)
-                report = _write_batch(con, batch, read, catalog)
-                con.commit()
-            except BaseException:
-                con.rollback()
-                raise
-    except BaseException:
-        if new_store:  # leave no empty store behind
-            for leftover in (db, db + ".wal"):
+    if not os.path.exists(db):  # a new store appears whole (tables and first batch) or not at all
+        folder, name = os.path.split(os.path.abspath(db))
+        tmp = os.path.join(folder, f".{name}.new-{uuid.uuid4().hex[:8]}")
+        try:
+            report = _store_batch(tmp, batch, read, catalog, lock_timeout, checkpoint=True)
+            if os.path.exists(tmp + ".wal"):
+                raise RuntimeError(f"{tmp}: DuckDB left a WAL after CHECKPOINT; the new store would be incomplete")
+            os.link(tmp, db)  # atomic create-if-absent: FileExistsError when another ingest made it first
+            return report
+        except FileExistsError:
+            pass  # the store appeared meanwhile: add the batch to it below
+        finally:
+            for leftover in (tmp, tmp + ".wal"):
                 if os.path.exists(leftover):
                     os.remove(leftover)
-        raise
+    return _store_batch(db, batch, read, catalog, lock_timeout)
+
+
+def _store_batch(
+    target: str, batch: "Batch", read: ReadResult, catalog, lock_timeout: float, checkpoint: bool = False
+) -> IngestReport:
+    """Write one batch into the store file `target` in one transaction (or find it already there).
+
+    checkpoint: fold the WAL into the file before closing (a new store is then one self-contained file)."""
+    with connect_store(target, timeout=lock_timeout) as con:
+        _run(con, "SET TimeZone = 'UTC'")
+        con.begin()
+        try:
+            _create_missing_tables(con)
+            if _has_batch(con, batch.batch_id):  # another process got there first
+                con.rollback()
+                return _recorded_report(con, batch)
+            report = _write_batch(con, batch, read, catalog)
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+        if checkpoint:
+            _run(con, "CHECKPOINT")
     return report
 
 

@@ -10,6 +10,9 @@ The steps, all vectorised over integer codes (linear in rows, apart from two sor
 4. optional truncation to the last max_len + 2 items;
 5. deterministic ids: items 1..n by (first-appearance ts, item_id) — 0 is padding; users 0..U-1 by
    natural order of user_id (numeric when every id is a non-negative integer, else UTF-8 byte order);
+5b. optional user sample (`max_users`, see `sample_users`): taken from the users that steps 1-4 kept,
+   *after* the k-core, and never re-filtered, so every sampled user keeps its full (>= 3 item)
+   sequence; item ids and the item catalogue (ranking candidates) stay those of the whole dataset;
 6. leave-one-out: last item = test target, second-to-last = valid target, the rest = train.
 The `sequences` and `splits` contracts run on the result before it replaces `cfg.out_dir`.
 """
@@ -67,9 +70,13 @@ class SplitStats:
     contracts: dict  # expectations evaluated per contract (all passed, or nothing was written)
     config: dict = field(default_factory=dict)
     sequences_sha256: str = ""  # sha256 of sequences.parquet (the user_sequences asset; not in dataset_hash)
+    sample: dict | None = None  # max_users: the rule and the counts before/after (absent without a sample)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["sample"] is None:
+            del d["sample"]  # stats of unsampled splits keep their shape (and bytes)
+        return d
 
 
 @dataclass
@@ -165,6 +172,28 @@ def k_core(users: np.ndarray, items: np.ndarray, rows: np.ndarray, k: int) -> tu
     return rows, passes
 
 
+SAMPLE_RULE = (
+    "users ranked by sha256(user_id) (ascending), the first max_users kept; drawn from the users left after "
+    "filters, k-core and the min-length rule on the whole dataset; the sample is not re-filtered; item ids and "
+    "the item catalogue (the ranking candidates) are those of the whole dataset"
+)
+
+
+def sample_users(user_ids: list[str] | pa.Array, max_users: int) -> np.ndarray:
+    """Pure: a boolean mask keeping `max_users` of `user_ids` — the smallest sha256(user_id) first.
+
+    Deterministic (no seed, no machine dependence), and stable: growing max_users only adds users,
+    and a user's membership does not depend on which other users exist.
+    """
+    if not isinstance(max_users, int) or isinstance(max_users, bool) or max_users < 1:
+        raise ValueError(f"max_users must be an integer >= 1, got {max_users!r}")
+    ids = user_ids.to_pylist() if isinstance(user_ids, (pa.Array, pa.ChunkedArray)) else list(user_ids)
+    keys = [hashlib.sha256(str(u).encode()).hexdigest() for u in ids]
+    keep = np.zeros(len(ids), bool)
+    keep[sorted(range(len(ids)), key=keys.__getitem__)[:max_users]] = True
+    return keep
+
+
 def _check_columns(table: pa.Table, where: str) -> None:
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
@@ -216,9 +245,18 @@ class BuiltSplits:
 
 
 def make_splits(
-    interactions: pa.Table, items: pa.Table, cfg: SequenceConfig, where: str = "interactions"
+    interactions: pa.Table,
+    items: pa.Table,
+    cfg: SequenceConfig,
+    where: str = "interactions",
+    max_users: int | None = None,
 ) -> BuiltSplits:
-    """Pure: the canonical interactions (+ item titles) -> leave-one-out split tables."""
+    """Pure: the canonical interactions (+ item titles) -> leave-one-out split tables.
+
+    max_users: keep a deterministic sample of this many users (step 5b; stats["sample"] records it).
+    """
+    if max_users is not None:
+        sample_users([], max_users)  # validate before any work
     _check_columns(interactions, where)
     user, user_ids = _encode(interactions["user_id"])
     item, item_ids = _encode(interactions["item_id"])
@@ -291,6 +329,23 @@ def make_splits(
     n_items = len(item_codes)
     seq_item = item_idx_of[item[rows_o]]
 
+    # 5b. user sample: from the users kept above, not re-filtered; the item ids and catalogue stay
+    sample = None
+    if max_users is not None:
+        kept_ids = user_ids.take(pa.array(ordered_codes))  # user_idx order
+        chosen = sample_users(kept_ids, max_users)
+        new_idx = np.cumsum(chosen) - 1  # natural order preserved among the sampled users
+        in_sample = chosen[seq_user]
+        sample = {"max_users": max_users, "rule": SAMPLE_RULE, "users_before": n_users,
+                  "users": int(chosen.sum()), "interactions_before": len(rows_o),
+                  "interactions": int(in_sample.sum())}  # fmt: skip
+        rows_o, seq_item, position = rows_o[in_sample], seq_item[in_sample], position[in_sample]
+        seq_user = new_idx[seq_user[in_sample]]
+        ordered_codes = ordered_codes[chosen]
+        n_users = len(ordered_codes)
+        lengths = np.bincount(seq_user, minlength=n_users)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+
     # 6. leave-one-out
     ends = starts + lengths
     train_len = lengths - 2
@@ -347,6 +402,8 @@ def make_splits(
         "length": _quantiles(lengths),
         "config": dataclasses.asdict(cfg),
     }
+    if sample is not None:
+        stats["sample"] = sample
     return BuiltSplits(tables=tables, sequences=sequences, stats=stats)
 
 
@@ -410,8 +467,10 @@ def write_split_dir(built: BuiltSplits, contracts: dict, out_dir: str | Path) ->
     return stats
 
 
-def build_splits(interactions_dir: str | Path, cfg: SequenceConfig) -> SplitStats:
-    """Read the interaction snapshot, build and check the splits, write cfg.out_dir atomically."""
+def build_splits(interactions_dir: str | Path, cfg: SequenceConfig, max_users: int | None = None) -> SplitStats:
+    """Read the interaction snapshot, build and check the splits, write cfg.out_dir atomically.
+
+    max_users: a deterministic user sample of the k-cored dataset (see make_splits, SAMPLE_RULE)."""
     _check_config(cfg)
     src = Path(interactions_dir)
     inter_path, items_path = src / "interactions.parquet", src / "items.parquet"
@@ -421,7 +480,7 @@ def build_splits(interactions_dir: str | Path, cfg: SequenceConfig) -> SplitStat
     interactions = pq.read_table(inter_path)
     items = pq.read_table(items_path)
     require(validate(items.select([c for c in ("item_id", "title") if c in items.column_names]), "items"))
-    built = make_splits(interactions, items, cfg, where=str(inter_path))
+    built = make_splits(interactions, items, cfg, where=str(inter_path), max_users=max_users)
     built.stats["input"]["sha256"] = sha256_file(inter_path)
     maps = {"item_map": built.tables["item_map.parquet"], "user_map": built.tables["user_map.parquet"]}
     checked = {}

@@ -93,10 +93,15 @@ def rebuild_store(cfg: DataConfig, snapshot_dir: str) -> dict:
     return report
 
 
-def sequences_stage(interactions_dir: str, cfg: SequenceConfig, stats_path: str | None = None) -> dict:
-    """The `sequences` stage: build the splits, give them a lineage card, copy the stats out as a DVC metric."""
-    stats = build_splits(interactions_dir, cfg).to_dict()
-    write_card(cfg.out_dir, "splits", params={"sequences": vars(cfg)}, parents=[interactions_dir],
+def sequences_stage(
+    interactions_dir: str, cfg: SequenceConfig, stats_path: str | None = None, max_users: int | None = None
+) -> dict:
+    """The `sequences` stage: build the splits, give them a lineage card, copy the stats out as a DVC metric.
+
+    max_users: a deterministic user sample of the k-cored data; its rule and counts go into the card."""
+    stats = build_splits(interactions_dir, cfg, max_users=max_users).to_dict()
+    params = {"sequences": vars(cfg), **({"sample": stats["sample"]} if "sample" in stats else {})}
+    write_card(cfg.out_dir, "splits", params=params, parents=[interactions_dir],
                metrics={k: stats[k] for k in ("n_users", "n_items", "n_interactions", "dataset_hash")},
                reproducible=True)
     if stats_path:

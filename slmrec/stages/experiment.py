@@ -8,19 +8,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 from typing import Callable
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
 from slmrec.config import DataConfig, Params, load_params
 from slmrec.data.commands import parse_column_map
 from slmrec.stages.data import rebuild_store, sequences_stage
-from slmrec.lineage import atomic_write_text, write_card
+from slmrec.lineage import atomic_write_text
 from slmrec.stages.models import evaluate_models, train_llm, train_sasrec
 
 # Layer counts per profile: the paper's 8 -> 4 with B = 4 where the backbone has the depth.
@@ -42,21 +37,6 @@ def experiment_params(args: argparse.Namespace) -> Params:
     return dataclasses.replace(params, llm=llm, distill=distill)
 
 
-def sample_users(interactions_dir: Path, out_dir: Path, max_users: int) -> Path:
-    """A deterministic user sample (smallest sha256(user_id) first): same file -> same users, any machine."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table = pq.read_table(interactions_dir / "interactions.parquet")
-    users = sorted(set(table.column("user_id").to_pylist()), key=lambda u: hashlib.sha256(str(u).encode()).hexdigest())
-    keep = pc.is_in(table.column("user_id"), value_set=pa.array(users[:max_users]))
-    pq.write_table(table.filter(keep), out_dir / "interactions.parquet")
-    for name in ("items.parquet",):
-        if (interactions_dir / name).exists():
-            (out_dir / name).write_bytes((interactions_dir / name).read_bytes())
-    write_card(out_dir, "interactions_sample", params={"max_users": max_users}, parents=[interactions_dir],
-               reproducible=True)
-    return out_dir
-
-
 def run_experiment(args: argparse.Namespace, log: Callable = print) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -70,10 +50,9 @@ def run_experiment(args: argparse.Namespace, log: Callable = print) -> dict:
     ingest_report = rebuild_store(data, data.snapshot_dir)
     log(f"ingested {ingest_report['accepted']} interactions ({ingest_report['quarantined']} quarantined)")
     interactions = Path(data.snapshot_dir)
-    if args.max_users:
-        interactions = sample_users(interactions, out / "interactions_sample", args.max_users)
     seq_cfg = dataclasses.replace(params.sequences, out_dir=str(out / "splits"))
-    stats = sequences_stage(str(interactions), seq_cfg)
+    # --max-users: sampled from the k-cored data, not re-filtered (slmrec/data/sequences.py: sample_users)
+    stats = sequences_stage(str(interactions), seq_cfg, max_users=args.max_users or None)
     log(f"splits: {stats['n_users']} users, {stats['n_items']} items, {stats['n_interactions']} interactions")
 
     splits, models, runs = seq_cfg.out_dir, out / "models", str(out / "runs")

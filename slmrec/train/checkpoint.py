@@ -23,8 +23,11 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import pickle
 import random
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +44,10 @@ def model_class_path(model: torch.nn.Module) -> str:
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
-    """torch.save to a temp file in the same directory, fsync, then os.replace (never a torn file)."""
+    """torch.save to a temp file in the same directory, fsync, verify, then os.replace (never a torn file).
+
+    A failed write (a full disk: OSError ENOSPC/EFBIG, a crash) leaves the previous file untouched
+    and no temp file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -50,19 +56,58 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        verify_checkpoint_file(tmp)  # what reached the disk reads back whole
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    _fsync_dir(path.parent)  # the rename itself survives a power loss
     return path
 
 
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file that is truncated, bit-flipped or not a checkpoint at all."""
+
+
+# zipfile raises these on a damaged archive (a bad header can also claim an unknown compression)
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError, zlib.error)
+
+
+def verify_checkpoint_file(path: str | Path) -> None:
+    """Check every record of a torch.save archive against the CRC-32 the writer stored with it.
+
+    torch.load itself does not: a flipped bit in a tensor loads as a wrong weight. A truncated file
+    (no central directory) or a damaged record is a CorruptCheckpointError naming the path."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except _ZIP_ERRORS as err:
+        raise CorruptCheckpointError(f"{path}: truncated or corrupted checkpoint, not loaded ({err})") from err
+    if bad is not None:
+        raise CorruptCheckpointError(f"{path}: corrupted checkpoint, not loaded (CRC mismatch in record {bad!r})")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint dict, after the file checks out whole (CorruptCheckpointError otherwise)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    verify_checkpoint_file(path)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError) as err:
+        raise CorruptCheckpointError(f"{path}: unreadable checkpoint, not loaded ({err})") from err
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: not a slmrec checkpoint (a {type(ckpt).__name__}, not a dict)")
     for key in ("model_class", "model_config", "model_state"):
         if key not in ckpt:
             raise ValueError(f"{path}: not a slmrec checkpoint (missing {key!r})")
