@@ -1,0 +1,3 @@
+"""Fixtures of the serving tests (helpers in serve_helpers.py)."""
+
+from serve_helpers import pipeline  # noqa: F401 - the session fixture

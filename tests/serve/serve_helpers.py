@@ -1,0 +1,56 @@
+"""A tiny-profile pipeline for the serving tests: `slmrec experiment` on a planted events file.
+
+Users u0..u39 walk a ring of 30 items (ids m1..m30: original ids that are not the model's indices),
+one item a day from day (u % 3) of January 1998, so the users active on a given day differ. u0's
+first two events share one timestamp (the tie-break rule: row order). Built once per session.
+"""
+
+import argparse
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from slmrec.stages.experiment import run_experiment
+
+N_ITEMS, N_USERS, LENGTH = 30, 40, 12
+DAY0 = int(dt.datetime(1998, 1, 1, tzinfo=dt.timezone.utc).timestamp())
+
+PARAMS = """
+sequences: {k_core: 2}
+sasrec: {hidden: 32, max_len: 12, dropout: 0.0}
+llm: {max_len: 10}
+train_sasrec: {epochs: 3, batch_size: 32, lr: 0.005, patience: 0}
+train_llm: {epochs: 1, batch_size: 32, lr: 0.005, patience: 0}
+eval: {bootstrap: 20, sampled_negatives: 0}
+"""
+
+
+def user_events(u: int) -> list[tuple[str, str, int]]:
+    start = (u * 7) % N_ITEMS
+    events = []
+    for k in range(LENGTH):
+        ts = DAY0 + (u % 3 + k) * 86400 + 3600 + u
+        if u == 0 and k == 1:
+            ts = events[0][2]  # a tie with the first event: row order decides
+        events.append((f"u{u}", f"m{(start + k) % N_ITEMS + 1}", ts))
+    return events
+
+
+def write_events(path: Path) -> None:
+    rows = ["user_id,item_id,ts"] + [",".join(map(str, e)) for u in range(N_USERS) for e in user_events(u)]
+    path.write_text("\n".join(rows) + "\n")
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory) -> Path:
+    """The experiment folder: warehouse.duckdb, interactions/, splits/, models/{sasrec,teacher,student_nokd,student}."""
+    tmp = tmp_path_factory.mktemp("serve")
+    write_events(tmp / "events.csv")
+    (tmp / "params.yaml").write_text(PARAMS)
+    out = tmp / "out"
+    args = argparse.Namespace(profile="tiny", format="events", path=str(tmp / "events.csv"), items=None,
+                              column_map=None, hf_path=None, out=str(out), max_users=None,
+                              params=str(tmp / "params.yaml"))
+    run_experiment(args, log=lambda msg: None)
+    return out
