@@ -54,3 +54,67 @@ def pipeline(tmp_path_factory) -> Path:
                               params=str(tmp / "params.yaml"))
     run_experiment(args, log=lambda msg: None)
     return out
+
+
+# ---------------------------------------------------------------- a real server process
+
+import json  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import httpx  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def card_hash(model_dir: Path) -> str:
+    return json.loads((model_dir / "card.json").read_text())["content_hash"]
+
+
+def promote(record: Path, model_dir: Path) -> None:
+    """What the promoted_model asset writes, reduced to the fields the server reads; atomic."""
+    tmp = record.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"model": model_dir.name, "path": str(model_dir), "content_hash": card_hash(model_dir)}))
+    tmp.replace(record)
+
+
+class ServerProcess:
+    """`python -m slmrec.cli serve ...` on a free localhost port, output in a file."""
+
+    def __init__(self, args: list[str], cwd: Path, out: Path, startup_s: float = 180.0):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.out = out
+        with open(out, "w") as f:
+            self.proc = subprocess.Popen([sys.executable, "-m", "slmrec.cli", "serve", "--port", str(self.port), *args],
+                                         cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + startup_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{out.read_text()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise AssertionError(f"server did not answer /health within {startup_s} s:\n{out.read_text()}")
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM (graceful: in-flight requests finish, the answer log is flushed); the exit code."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"server ignored SIGTERM for {timeout} s:\n{self.out.read_text()}")
+        return self.proc.returncode
