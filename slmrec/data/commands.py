@@ -16,7 +16,7 @@ import yaml
 
 from slmrec.config import DataConfig, load_params
 from slmrec.data.fetch import fetch_ml100k
-from slmrec.data.ingest import export_snapshot, ingest
+from slmrec.data.ingest import LOCK_TIMEOUT_S, export_snapshot, ingest
 from slmrec.data.readers import READERS, column_map_hint
 from slmrec.lineage import atomic_write_text
 
@@ -57,6 +57,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="pipeline stage: rebuild the store from data.path + every landing file, check the contracts, "
         "then snapshot (see slmrec/stages/data.py)",
+    )
+    ing.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=LOCK_TIMEOUT_S,
+        help=f"seconds to wait while another process holds the store (default {LOCK_TIMEOUT_S:g}), then fail",
     )
     ing.add_argument("--report", help="also write the JSON report to this file (a DVC metric)")
     ing.add_argument("--json", action="store_true", help="print one JSON object")
@@ -128,7 +134,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         cfg = resolve_data_config(args)
         if args.rebuild:
             return _rebuild(cfg, args)
-        report = ingest(cfg.format, cfg.path, cfg.db, items=cfg.items, column_map=cfg.column_map).to_dict()
+        report = ingest(cfg.format, cfg.path, cfg.db, items=cfg.items, column_map=cfg.column_map,
+                        lock_timeout=args.lock_timeout).to_dict()
         if cfg.snapshot_dir:
             report["snapshot"] = export_snapshot(cfg.db, cfg.snapshot_dir)
         if args.report:

@@ -515,12 +515,24 @@ def read_split_tables(split_dir: str | Path) -> tuple[dict[str, pa.Table], dict]
     stats_path = split_dir / "stats.json"
     if not stats_path.is_file():
         raise FileNotFoundError(f"{stats_path} not found: not a split dir written by build_splits")
-    stats = json.loads(stats_path.read_text())
+    try:
+        stats = json.loads(stats_path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{stats_path}: corrupted, not JSON ({err}); rebuild the splits") from err
+    files = stats.get("files") if isinstance(stats, dict) else None
+    if not isinstance(files, dict) or any(not isinstance(files.get(n), str) for n in SPLIT_FILES):
+        raise ValueError(f"{stats_path}: corrupted, no sha256 for each of {list(SPLIT_FILES)}; rebuild the splits")
+    if stats.get("dataset_hash") != dataset_hash(files):
+        raise ValueError(f"{stats_path}: corrupted, its dataset_hash does not match its file hashes")
     for name in SPLIT_FILES:
         digest = sha256_file(split_dir / name)
-        if digest != stats["files"][name]:
-            raise ValueError(f"{split_dir / name}: sha256 {digest} differs from stats.json ({stats['files'][name]})")
-    tables = {name.removesuffix(".parquet"): pq.read_table(split_dir / name) for name in SPLIT_FILES}
+        if digest != files[name]:
+            raise ValueError(f"{split_dir / name}: sha256 {digest} differs from stats.json ({files[name]}): "
+                             "the file is corrupted or was changed")
+    try:
+        tables = {name.removesuffix(".parquet"): pq.read_table(split_dir / name) for name in SPLIT_FILES}
+    except (pa.ArrowException, OSError) as err:  # same bytes as written, yet unreadable: a pyarrow mismatch
+        raise ValueError(f"{split_dir}: split files unreadable ({err})") from err
     return tables, stats
 
 

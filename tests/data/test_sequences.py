@@ -280,6 +280,7 @@ def test_load_splits_checks_histories_against_train(tmp_path):
     pq.write_table(valid.set_column(1, "history", history), out / "valid.parquet", **seq.PARQUET_OPTIONS)
     stats = json.loads((out / "stats.json").read_text())
     stats["files"] = file_hashes(out)  # a consistent but wrong split dir: only the history check can see it
+    stats["dataset_hash"] = seq.dataset_hash(stats["files"])
     (out / "stats.json").write_text(json.dumps(stats))
     with pytest.raises(ValueError, match="valid.parquet: histories do not match train.parquet"):
         load_splits(out)
