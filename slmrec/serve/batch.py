@@ -134,3 +134,28 @@ def run_batch(
         "out": str(out),
         "duckdb": str(duckdb_file) if duckdb_file is not None else None,
     }
+
+
+def problems(df: pd.DataFrame, k: int) -> list[str]:
+    """What is wrong with a recommendations table (empty list = well-formed): the check on the asset."""
+    found = []
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        return [f"missing column(s) {missing}"]
+    if df[["user_id", "item_id", "model", "partition"]].isna().any().any():
+        found.append("null ids, model or partition")
+    if not df["score"].map(lambda s: s == s and abs(s) != float("inf")).all():
+        found.append("non-finite scores")
+    for user, group in df.groupby("user_id", sort=False):
+        ranks = group["rank"].tolist()
+        if ranks != list(range(1, len(ranks) + 1)) or len(ranks) > k:
+            found.append(f"user {user}: ranks {ranks[:12]} are not 1..n with n <= {k}")
+        elif group["item_id"].duplicated().any():
+            found.append(f"user {user}: an item is recommended twice")
+        elif not group["score"].is_monotonic_decreasing:
+            found.append(f"user {user}: scores do not decrease with rank")
+        if len(found) >= 10:
+            break
+    if df["model"].nunique() > 1:
+        found.append(f"{df['model'].nunique()} models in one table")
+    return found
