@@ -20,10 +20,10 @@ def sha256_file(path: str | Path) -> str:
 MODEL_CODE = ("models", "train", "distill", "eval", "data/examples.py", "stages/models.py")
 
 
-def code_version(parts: tuple[str, ...] = MODEL_CODE) -> str:
-    """sha256 over the source files (relative names + bytes) of `parts` of this package: the code version
-    of a training result, the same in and outside git and covering uncommitted edits."""
-    root = Path(__file__).resolve().parent
+def code_version(parts: tuple[str, ...] = MODEL_CODE, root: Path | None = None) -> str:
+    """sha256 over the source files (relative names + bytes) of `parts` of this package (or `root`): the
+    code version of a training result, the same in and outside git and covering uncommitted edits."""
+    root = root or Path(__file__).resolve().parent
     h = hashlib.sha256()
     for part in parts:
         path = root / part

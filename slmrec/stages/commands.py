@@ -35,6 +35,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--out", default="results/metrics.json")
     ev.add_argument("--table", default="results/results.md")
     ev.add_argument("--curves", help="folder for per-model validation curves (CSV, DVC plots)")
+    ev.add_argument("--device", help="override the device recorded in the checkpoints (e.g. cpu); never the dtype")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
 
@@ -69,9 +70,15 @@ def _log_to_stderr(json_mode: bool):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """One process, or one rank of `torchrun --nproc_per_node N -m slmrec.cli train ...` (gloo on CPU,
+    nccl on GPU): every rank runs the same stage, fit() shards the batches, rank 0 writes and prints."""
     from slmrec.stages.models import train_llm, train_sasrec
+    from slmrec.train.distributed import cleanup, init_from_env
 
-    log = _log_to_stderr(args.json)
+    info = init_from_env()
+    log = _log_to_stderr(args.json) if info.is_main else (lambda _: None)
+    if info.distributed:
+        log(f"torchrun: {info.world_size} processes ({'nccl' if info.device.type == 'cuda' else 'gloo'})")
     try:
         params = load_params(args.params)
         if args.model == "sasrec":
@@ -81,6 +88,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             summary = train_llm(args.model, args.splits, params, args.out, args.sasrec, teacher, args.runs, log=log)
     except EXPECTED as err:
         return _fail("train", err)
+    finally:
+        cleanup()
+    if not info.is_main:
+        return 0
     summary = {k: v for k, v in summary.items() if k != "history"}
     print(json.dumps(summary) if args.json else
           f"{summary['model']}: best valid {summary['best_valid']} in {summary['train_seconds']:.1f} s -> {args.out}")
@@ -103,7 +114,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     log = _log_to_stderr(args.json)
     try:
         summary = evaluate_models(args.splits, load_params(args.params), parse_models(args.model), args.out,
-                                  args.table, curves_dir=args.curves, log=log)
+                                  args.table, curves_dir=args.curves, log=log, device=args.device)
     except EXPECTED as err:
         return _fail("evaluate", err)
     table = summary.pop("table")

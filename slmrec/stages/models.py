@@ -177,8 +177,9 @@ def train_llm(
     if teacher_dir is not None:
         teacher_ckpt = str(Path(teacher_dir) / MODEL_FILE)
         teacher = load_model(teacher_ckpt, device=str(dist.device) if dist.distributed else None)
-        model = DistillationModel(model, teacher, params.distill, n_examples=len(train),
-                                  data_hash=splits.dataset_hash, teacher_checkpoint=teacher_ckpt)
+        with seeded(tcfg.seed + 1):  # the supervision heads / projectors: their own seed as well
+            model = DistillationModel(model, teacher, params.distill, n_examples=len(train),
+                                      data_hash=splits.dataset_hash, teacher_checkpoint=teacher_ckpt)
         log(f"teacher features: {model.cache_mode}")
         parents.insert(0, teacher_dir)
         run_params["distill"] = to_dict(params.distill)

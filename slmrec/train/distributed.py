@@ -1,7 +1,6 @@
 """Data-parallel training under `torchrun`: process-group setup and the few collectives fit() uses.
 
-    torchrun --nproc_per_node N -m slmrec.train.distributed sasrec --params params.yaml \
-        --splits data/splits --ckpt-dir models/sasrec/ckpt
+    torchrun --nproc_per_node N -m slmrec.cli train {sasrec,teacher,student} --params params.yaml ...
 
 torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; `init_from_env()`
 joins the process group (nccl when CUDA is available, gloo on CPU) and `fit()` notices it:
@@ -20,13 +19,10 @@ the backward pass, which is negligible for LoRA-sized gradients.
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -187,64 +183,3 @@ def all_reduce_grads(params: Iterable[nn.Parameter]) -> None:
     for p, seen in zip(params, has_grad.tolist()):
         if seen == 0:
             p.grad = None
-
-
-# ---- entry point for torchrun: SASRec on the leave-one-out splits ----
-
-
-def train_sasrec(
-    train, valid, n_items: int, model_cfg, train_cfg, ckpt_dir: str | Path, log: Callable = print, **fit_kwargs
-):
-    """Build SASRec (seeded by train_cfg.seed: identical on every rank) and fit() it on this process's
-    device, inside whatever process group is initialised. Returns (model, FitResult) on every rank."""
-    from slmrec.models.sasrec import SASRec
-    from slmrec.train.loop import fit
-
-    info = current()
-    torch.manual_seed(train_cfg.seed)
-    model = SASRec(n_items, model_cfg).to(info.device)
-    result = fit(model, train, valid, train_cfg, ckpt_dir, device=info.device, log=log, **fit_kwargs)
-    return model, result
-
-
-def main_train_sasrec(splits_dir: str | Path, ckpt_dir: str | Path, params_path: str | Path = "params.yaml"):
-    """Train SASRec with the `sasrec` / `train_sasrec` groups of params.yaml on `splits_dir`, under torchrun
-    or in one process. Checkpoints: ckpt_dir/{last,best}.pt (rank 0). Returns the FitResult."""
-    from slmrec.config import load_params
-    from slmrec.data.sequences import load_splits
-    from slmrec.data.examples import make_eval_examples, make_train_examples
-
-    info = init_from_env()
-    try:
-        params = load_params(params_path)
-        splits = load_splits(splits_dir)
-        train = make_train_examples(splits.train, params.sasrec.max_len)
-        valid = make_eval_examples(splits.valid, params.sasrec.max_len)
-        log = print if info.is_main else (lambda _: None)
-        log(f"rank 0 of {info.world_size} on {info.device}: {len(train)} training examples, {splits.n_items} items")
-        _, result = train_sasrec(train, valid, splits.n_items, params.sasrec, params.train_sasrec, ckpt_dir, log)
-    finally:
-        cleanup()
-    return result
-
-
-TRAINERS: dict[str, Callable[[argparse.Namespace], Any]] = {
-    "sasrec": lambda a: main_train_sasrec(a.splits, a.ckpt_dir, a.params),
-}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m slmrec.train.distributed", description=__doc__.splitlines()[0])
-    parser.add_argument("model", choices=sorted(TRAINERS))
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--splits", default="data/splits")
-    parser.add_argument("--ckpt-dir", required=True)
-    args = parser.parse_args(argv)
-    TRAINERS[args.model](args)
-    return 0
-
-
-if __name__ == "__main__":
-    from slmrec.train.distributed import main as _main  # the package's module, not a second __main__ copy
-
-    sys.exit(_main())

@@ -121,6 +121,15 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int, tota
     return LambdaLR(optimizer, factor)
 
 
+def constant_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> LambdaLR:
+    """Linear warm-up, then the base lr until the run stops (RecBole's SASRec): for runs that early
+    stopping ends at an epoch nobody knows in advance, where a cosine sized for `epochs` would not fit."""
+    return LambdaLR(optimizer, lambda step: step / max(1, warmup_steps) if step < warmup_steps else 1.0)
+
+
+SCHEDULES = {"cosine": cosine_with_warmup, "constant": constant_with_warmup}
+
+
 def default_evaluate_fn(batch_size: int, device: torch.device, eval_cfg: EvalConfig | None = None) -> EvaluateFn:
     """Validation metrics under the test protocol (`eval_cfg`: full ranking, the same history exclusion);
     the sampled variant is skipped: it is not used for selection."""
@@ -150,6 +159,8 @@ def _check_config(cfg: TrainConfig, n_train: int, world_size: int = 1) -> None:
             problems.append(f"{name} must be >= 1 (got {getattr(cfg, name)})")
     if cfg.patience < 0:
         problems.append(f"patience must be >= 0 (got {cfg.patience}; 0 disables early stopping)")
+    if cfg.schedule not in SCHEDULES:
+        problems.append(f"schedule must be one of {sorted(SCHEDULES)} (got {cfg.schedule!r})")
     if not 0.0 <= cfg.warmup_ratio < 1.0:
         problems.append(f"warmup_ratio must be in [0, 1) (got {cfg.warmup_ratio})")
     if problems:
@@ -221,7 +232,7 @@ def fit(
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     n_batches = num_batches(len(train_examples), cfg.batch_size)
     total_steps = math.ceil(n_batches / cfg.grad_accum) * cfg.epochs
-    scheduler = cosine_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
+    scheduler = SCHEDULES[cfg.schedule](optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
     evaluate_fn = evaluate_fn or default_evaluate_fn(cfg.eval_batch_size, device, eval_cfg)
     data_hash = f"{train_examples.content_hash()}:{valid_examples.content_hash()}"
     extra_state = extra_state or {}

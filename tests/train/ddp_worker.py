@@ -22,7 +22,8 @@ import torch
 from slmrec.config import LLMRecConfig, SASRecConfig, TrainConfig
 from slmrec.train.checkpoint import save_atomic
 from slmrec.data.examples import make_eval_examples, make_train_examples
-from slmrec.train.distributed import cleanup, init_from_env, train_sasrec
+from slmrec.models.sasrec import SASRec
+from slmrec.train.distributed import cleanup, init_from_env
 from slmrec.train.loop import fit
 
 N_ITEMS, MAX_LEN, N_USERS = 30, 8, 25
@@ -76,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     log = print if info.is_main else (lambda _: None)
     common = dict(log=log, on_step=on_step, restore_best=False)
     if args.model == "sasrec":
-        model, result = train_sasrec(train, valid, N_ITEMS, MODEL, TRAIN, args.ckpt_dir, **common)
+        torch.manual_seed(TRAIN.seed)  # identical initial weights on every rank
+        model = SASRec(N_ITEMS, MODEL).to(info.device)
+        result = fit(model, train, valid, TRAIN, args.ckpt_dir, device=info.device, **common)
     else:
         from slmrec.models.llmrec import LLMRec
 

@@ -8,21 +8,20 @@ steps. Measured max |difference| of the final weights: 2e-5; the test allows 1e-
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
-from slmrec.config import SequenceConfig, TrainConfig
+from slmrec.config import TrainConfig
 from slmrec.train.checkpoint import load_checkpoint
 from slmrec.data.examples import shard_rows
-from slmrec.train.distributed import DistInfo, init_from_env, main as distributed_main
+from slmrec.train.distributed import DistInfo, init_from_env
 from slmrec.train.loop import _check_config
 
 torch.set_num_threads(2)
@@ -119,43 +118,45 @@ def test_tiny_llm_teacher_with_lora_two_processes_match_one(tmp_path):
     assert losses[-1] < 0.9 * losses[0]
 
 
-def test_entry_point_trains_sasrec_from_split_files(tmp_path):
-    """`python -m slmrec.train.distributed sasrec` (here in one process) on splits written by build_splits."""
-    from slmrec.data.sequences import build_splits
+TINY_PARAMS = """\
+sasrec: {hidden: 8, layers: 1, heads: 1, dropout: 0.0, max_len: 6, inner_size: 16}
+train_sasrec: {epochs: 2, batch_size: 8, lr: 0.01, patience: 0}
+llm: {profile: tiny, teacher_layers: 4, student_layers: 2, max_len: 6, objective: all, windows_per_user: 1,
+      lora_r: 4, lora_alpha: 8, lora_dropout: 0.0, instruction: "Next?", response: "=>"}
+distill: {blocks: 2}
+train_llm: {epochs: 2, batch_size: 4, lr: 0.003, patience: 0, eval_batch_size: 8}
+"""
 
-    snap = tmp_path / "snap"
-    snap.mkdir()
-    rows = [(f"u{u}", f"i{(u + k) % 12}", k) for u in range(16) for k in range(8)]
-    n = len(rows)
-    pq.write_table(
-        pa.table(
-            {
-                "user_id": [r[0] for r in rows],
-                "item_id": [r[1] for r in rows],
-                "ts": pa.array([r[2] for r in rows], pa.int64()),
-                "rating": pa.array([None] * n, pa.float64()),
-                "event": pa.array([None] * n, pa.string()),
-                "source_file": ["log.csv"] * n,
-                "row_number": pa.array(range(1, n + 1), pa.int64()),
-                "item_pos": pa.array([0] * n, pa.int32()),
-                "batch_id": ["b1"] * n,
-            }
-        ),
-        snap / "interactions.parquet",
-    )
-    no_titles = pa.table({"item_id": pa.array([], pa.string()), "title": pa.array([], pa.string())})
-    pq.write_table(no_titles, snap / "items.parquet")
-    build_splits(snap, SequenceConfig(k_core=0, out_dir=str(tmp_path / "splits")))
-    params = tmp_path / "params.yaml"
-    params.write_text(
-        "sasrec: {hidden: 8, layers: 1, heads: 1, dropout: 0.0, max_len: 6, inner_size: 16}\n"
-        "train_sasrec: {epochs: 2, batch_size: 8, lr: 0.01, patience: 0}\n"
-    )
-    assert distributed_main(["sasrec", "--params", str(params), "--splits", str(tmp_path / "splits"),
-                             "--ckpt-dir", str(tmp_path / "ckpt")]) == 0
-    best = load_checkpoint(tmp_path / "ckpt" / "best.pt")
-    assert best["model_class"] == "slmrec.models.sasrec.SASRec" and best["world_size"] == 1
-    assert best["model_config"]["n_items"] == 12 and len(best["history"]) >= 1
+
+def cli(root: Path, nproc: int, *args: str) -> subprocess.CompletedProcess:
+    """`slmrec train ...` in one plain process, or under torchrun with nproc ranks (gloo on CPU)."""
+    launcher = [sys.executable, "-m", "slmrec.cli"] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m", "slmrec.cli"
+    ]
+    cmd = [*launcher, "train", *args, "--params", str(root / "params.yaml"), "--splits", str(root / "splits"),
+           "--runs", str(root / f"runs{nproc}")]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=TIMEOUT, cwd=root)
+
+
+def test_cli_stages_under_torchrun_match_one_process(tmp_path, tiny_splits):
+    """`torchrun --nproc_per_node 2 -m slmrec.cli train teacher|student ...`: the same CLI, the same weights."""
+    (tmp_path / "params.yaml").write_text(TINY_PARAMS)
+    ok(cli(tmp_path, 1, "sasrec", "--out", "sasrec"))
+    for n in (1, 2):
+        ok(cli(tmp_path, n, "teacher", "--sasrec", "sasrec", "--out", f"teacher{n}"))
+    two = ok(cli(tmp_path, 2, "student", "--sasrec", "sasrec", "--teacher", "teacher1", "--out", "student2"))
+    ok(cli(tmp_path, 1, "student", "--sasrec", "sasrec", "--teacher", "teacher1", "--out", "student1"))
+    assert "torchrun: 2 processes (gloo)" in two.stderr + two.stdout
+    for name in ("teacher", "student"):
+        one, dist = (load_checkpoint(tmp_path / f"{name}{n}" / "model.pt") for n in (1, 2))
+        assert one["model_config"] == dist["model_config"]
+        assert one["model_config"]["llm"]["device"] == "cpu" and one["model_config"]["llm"]["dtype"] == "float32"
+        lora = [k for k in one["model_state"] if "lora_B" in k]
+        assert lora and any(one["model_state"][k].abs().max() > 0 for k in lora)  # B starts at 0: it trained
+        assert max_diff(one["model_state"], dist["model_state"]) < 1e-4, name
+        histories = [json.loads((tmp_path / f"{name}{n}" / "train.json").read_text())["history"] for n in (1, 2)]
+        assert [h["train/loss"] for h in histories[1]] == pytest.approx([h["train/loss"] for h in histories[0]], abs=1e-4)
+    assert "train/cos" in histories[0][-1]  # the student rows came from the distiller
 
 
 def test_no_torchrun_environment_means_one_process(monkeypatch):
