@@ -21,11 +21,14 @@ Item files are catalogs: a record that cannot be read is an error, not a quarant
 from __future__ import annotations
 
 import ast
+import codecs
 import csv
 import gzip
+import io
 import json
 import os
 import re
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -80,7 +83,7 @@ def read_text(path: str) -> str:
     if data[:2] == b"\x1f\x8b":
         try:
             data = gzip.decompress(data)
-        except (OSError, EOFError) as err:
+        except (OSError, EOFError, zlib.error) as err:
             raise ValueError(f"{path}: broken gzip file ({err})") from err
     if b"\x00" in data:
         raise ValueError(f"{path}: binary file (NUL bytes), not a text format")
@@ -495,17 +498,22 @@ def resolve_column_map(path: str, columns: list[str], column_map: dict[str, str]
 
 
 def _read_delimited(path: str, column_map: dict[str, str], delimiter: str) -> ReadResult:
-    header = _csv_header(path, delimiter)
+    source = _delimited_source(path)
+    header = _csv_header(path, delimiter, source)
     rejects: list[tuple[int, str]] = []
+    not_utf8: list[int] = []
 
     def on_invalid(row) -> str:  # wrong column count: quarantine, keep going
-        rejects.append((row.number, row.text))
+        try:
+            rejects.append((row.number, row.text))
+        except UnicodeDecodeError:  # pyarrow decodes the row's text for us: not UTF-8
+            not_utf8.append(row.number)
         return "skip"
 
     mapping = resolve_column_map(path, header, column_map)
     try:
         table = pacsv.read_csv(
-            path,
+            source if isinstance(source, str) else pa.BufferReader(source),
             read_options=pacsv.ReadOptions(use_threads=False),  # single thread: invalid rows get their numbers
             parse_options=pacsv.ParseOptions(
                 delimiter=delimiter, invalid_row_handler=on_invalid, ignore_empty_lines=False
@@ -515,8 +523,10 @@ def _read_delimited(path: str, column_map: dict[str, str], delimiter: str) -> Re
                 column_types={c: pa.string() for c in mapping.values()},
             ),
         )
-    except (pa.ArrowInvalid, UnicodeDecodeError) as err:
+    except (pa.ArrowException, UnicodeDecodeError, OSError) as err:
         raise ValueError(f"{path}: not a readable delimited file ({err})") from err
+    if not_utf8:
+        raise ValueError(f"{path}: not UTF-8 text (row {not_utf8[0]}); convert the file to UTF-8")
     # physical row of each accepted record: the header is row 1, rejected rows are skipped
     n_total = table.num_rows + len(rejects)
     taken = np.ones(n_total, bool)
@@ -537,10 +547,40 @@ def _read_delimited(path: str, column_map: dict[str, str], delimiter: str) -> Re
     return ReadResult(events, column_map=mapping)
 
 
-def _csv_header(path: str, delimiter: str) -> list[str]:
+def _delimited_source(path: str) -> str | bytes:
+    """The path of a plain file, or the bytes of a gzipped one; checked to be UTF-8 text first.
+
+    (pyarrow's invalid-row callback cannot report a row that is not UTF-8: it fails inside pyarrow
+    and prints a traceback, so the encoding is checked here, in 16 MiB chunks.)"""
     with open(path, "rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
-    with (gzip.open if gz else open)(path, "rt", encoding="utf-8-sig", newline="") as f:
+        if f.read(2) == b"\x1f\x8b":
+            f.seek(0)
+            try:
+                data = gzip.decompress(f.read())
+            except (OSError, EOFError, zlib.error) as err:
+                raise ValueError(f"{path}: broken gzip file ({err})") from err
+            _check_utf8(path, [data])
+            return data
+        f.seek(0)
+        _check_utf8(path, iter(lambda: f.read(1 << 24), b""))
+    return path
+
+
+def _check_utf8(path: str, chunks) -> None:
+    decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
+    try:
+        for chunk in chunks:
+            decoder.decode(chunk)
+            offset += len(chunk)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (bad byte at offset {offset + err.start})") from err
+
+
+def _csv_header(path: str, delimiter: str, source: str | bytes | None = None) -> list[str]:
+    source = _delimited_source(path) if source is None else source
+    raw = open(source, "rb") if isinstance(source, str) else io.BytesIO(source)
+    with io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as f:
         try:
             return next(csv.reader(f, delimiter=delimiter))
         except StopIteration:
