@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from slmrec.config import Params, PromotionConfig
-from slmrec.train.checkpoint import load_checkpoint
+from slmrec.models.checkpoint import load_checkpoint
 
 MODELS = ("sasrec", "teacher", "student_nokd", "student")
 

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from slmrec.config import DistillConfig, from_dict, to_dict
 from slmrec.distill.losses import block_layers, direction_loss, logit_kl, multi_supervision_loss, norm_loss
 from slmrec.models.base import LossOutput, Recommender
+from slmrec.models.checkpoint import load_model
 from slmrec.models.llmrec import LLMRec
 
 FP16_MAX = torch.finfo(torch.float16).max
@@ -258,8 +259,6 @@ class DistillationModel(Recommender):
     @classmethod
     def from_config_dict(cls, config: dict) -> "DistillationModel":
         """Reload the teacher from its checkpoint (hash-checked) and rebuild an untrained student."""
-        from slmrec.train.checkpoint import load_model  # train imports models; keep the import local
-
         path = config["teacher_checkpoint"]
         if path is None:
             raise ValueError("DistillationModel: config has no teacher_checkpoint; cannot rebuild the teacher")

@@ -39,7 +39,7 @@ from slmrec.models.backbones import resolve_device
 from slmrec.models.base import Recommender, seeded
 from slmrec.models.llmrec import LLMRec
 from slmrec.models.sasrec import SASRec
-from slmrec.train.checkpoint import load_model, model_class_path, save_atomic
+from slmrec.models.checkpoint import load_model, model_class_path, save_atomic
 from slmrec.data.examples import make_eval_examples, make_train_examples
 from slmrec.train.distributed import current
 from slmrec.train.loop import FitResult, fit

@@ -9,7 +9,7 @@ from slmrec.config import DistillConfig, LLMRecConfig, TrainConfig
 from slmrec.distill.distiller import DistillationModel, state_hash
 from slmrec.models.backbones import Backbone
 from slmrec.models.llmrec import LLMRec
-from slmrec.train.checkpoint import load_model
+from slmrec.models.checkpoint import load_model
 from slmrec.data.examples import iter_batches, make_eval_examples, make_train_examples
 from slmrec.train.loop import fit
 

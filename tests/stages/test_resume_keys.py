@@ -13,7 +13,7 @@ from slmrec.config import from_dict, Params
 from slmrec.hashing import code_version
 from slmrec.lineage import mismatches, read_card, trace
 from slmrec.models import backbones
-from slmrec.train.checkpoint import load_checkpoint, load_model
+from slmrec.models.checkpoint import load_checkpoint, load_model
 
 PARAMS = {
     "sasrec": {"hidden": 8, "layers": 1, "heads": 1, "dropout": 0.0, "max_len": 6, "inner_size": 16},

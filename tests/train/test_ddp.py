@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from slmrec.config import TrainConfig
-from slmrec.train.checkpoint import load_checkpoint
+from slmrec.models.checkpoint import load_checkpoint
 from slmrec.data.examples import shard_rows
 from slmrec.train.distributed import DistInfo, init_from_env
 from slmrec.train.loop import _check_config
