@@ -98,6 +98,8 @@ def add_serve_command(sub: argparse._SubParsersAction) -> None:
     srv.add_argument("--cold-start", choices=("error", "popular"), help="default: serve.cold_start")
     srv.add_argument("--poll-seconds", type=float, help="promotion record / store poll (default: serve.reload_poll_seconds)")
     srv.add_argument("--access-log", action="store_true", help="uvicorn's per-request access log (off: it costs)")
+    srv.add_argument("--threads", type=int, help="torch intra-op threads of the inference thread (default: torch's; "
+                     "1 keeps latency steady on a shared CPU)")
     srv.set_defaults(func=cmd_serve)
 
 
@@ -120,6 +122,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from slmrec.serve.recommender import Recommender
 
     try:
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ValueError(f"--threads must be >= 1, got {args.threads}")
+            import torch
+
+            torch.set_num_threads(args.threads)
         params = _params(args.params)
         cfg = serve_config(args, params)
         model_dir = model_dir_from_args(args, params)

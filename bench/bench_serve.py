@@ -1,0 +1,188 @@
+"""Load test of `slmrec serve`: latency percentiles and throughput under 1/8/32 concurrent clients.
+
+    .venv/bin/python bench/bench_serve.py --model student=models/student --model teacher=models/teacher \
+        --clients 1 8 32 --requests 400 --max-seconds 60
+
+For every model x batching mode (`batched`: serve.max_batch / serve.max_wait_ms; `unbatched`:
+max_batch 1, one forward pass per request) a real server process starts on a free localhost port
+(its own answer log folder); each concurrency level then sends at most --requests GET
+/recommend/{user}?k=K requests (users round-robin over the store), or stops after --max-seconds,
+from C asyncio clients that each wait for their answer before sending the next (closed loop).
+After the last level the server gets SIGTERM, and the answer log is read back: its rows must be
+exactly the 2xx answers of each level (matched by request id).
+
+Columns: p50/p95/p99 latency as the client sees it (ms), throughput (2xx answers / wall second),
+mean micro-batch size (from /metrics), log rows == 2xx answers. The clients run on the same
+machine as the server, so at 32 clients they compete with it for the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+WARMUP = 5
+sys.path.insert(0, str(REPO))
+
+from slmrec.serve.sources import resolve_sources  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: str, mode: dict, log_dir: Path, out: Path, args) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "slmrec.cli", "serve", "--model", model, "--port", str(port), "--log", str(log_dir),
+           "--max-batch", str(mode["max_batch"]), "--max-wait-ms", str(mode["max_wait_ms"]), "--params", args.params]
+    if args.device:
+        cmd += ["--device", args.device]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    with open(out, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode}):\n{out.read_text()}")
+        try:
+            if httpx.get(url + "/ready", timeout=1.0).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError(f"server not ready within 300 s:\n{out.read_text()}")
+
+
+def metric(text: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+async def level(url: str, users: list[str], clients: int, n_requests: int, max_seconds: float, k: int) -> dict:
+    latencies, ok_ids, statuses = [], [], {}
+    counter = iter(range(n_requests))
+    deadline = time.perf_counter() + max_seconds
+
+    async def client(c: httpx.AsyncClient):
+        for n in counter:
+            if time.perf_counter() > deadline:
+                return
+            t0 = time.perf_counter()
+            r = await c.get(f"/recommend/{users[n % len(users)]}", params={"k": k})
+            latencies.append(time.perf_counter() - t0)
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+            if r.status_code // 100 == 2:
+                ok_ids.append(r.json()["request_id"])
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=120.0, limits=limits) as c:
+        before = (await c.get("/metrics")).text
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(c) for _ in range(clients)))
+        wall = time.perf_counter() - t0
+        after = (await c.get("/metrics")).text
+    lat = np.array(latencies) * 1000.0
+    passes = metric(after, "slmrec_batch_size_count") - metric(before, "slmrec_batch_size_count")
+    queries = metric(after, "slmrec_batch_size_sum") - metric(before, "slmrec_batch_size_sum")
+    return {
+        "clients": clients, "requests": len(latencies), "ok": len(ok_ids), "statuses": statuses, "wall_s": wall,
+        "p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)), "p99": float(np.percentile(lat, 99)),
+        "throughput": len(ok_ids) / wall, "mean_batch": queries / passes if passes else float("nan"), "ids": ok_ids,
+    }
+
+
+def store_users(model: str) -> list[str]:
+    db = resolve_sources(model).db
+    with duckdb.connect(str(db), read_only=True) as con:
+        return [r[0] for r in con.sql("SELECT DISTINCT user_id FROM raw_interactions ORDER BY user_id").fetchall()]
+
+
+def run_one(name: str, model: str, mode_name: str, mode: dict, args, work: Path) -> list[dict]:
+    log_dir = work / f"log-{name}-{mode_name}"
+    proc, url = start_server(model, mode, log_dir, work / f"server-{name}-{mode_name}.out", args)
+    users = store_users(model)
+    rows = []
+    with httpx.Client(base_url=url, timeout=60) as warm:
+        for c in range(WARMUP):  # first calls pay one-off costs (allocator, caches); logged, not measured
+            warm.get(f"/recommend/{users[c]}").raise_for_status()
+    try:
+        for clients in args.clients:
+            r = asyncio.run(level(url, users, clients, args.requests, args.max_seconds, args.k))
+            r.update(model=name, batching=mode_name)
+            rows.append(r)
+            print(f"  {name} {mode_name} c={clients}: {r['ok']}/{r['requests']} ok, p50 {r['p50']:.1f} ms, "
+                  f"{r['throughput']:.1f} req/s, mean batch {r['mean_batch']:.1f}", file=sys.stderr, flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(120)
+    logged = duckdb.sql(f"SELECT request_id FROM read_parquet('{log_dir}/**/*.parquet')").fetchall()
+    logged_ids = [r[0] for r in logged]
+    warmup = len(logged_ids) - sum(r["ok"] for r in rows)
+    logged_set = set(logged_ids)
+    for r in rows:
+        r["log_ok"] = set(r["ids"]) <= logged_set and len(r["ids"]) == len(set(r["ids"]))
+        r["log_rows"] = sum(1 for i in r["ids"] if i in logged_set)
+    if warmup != WARMUP or len(logged_set) != len(logged_ids):
+        for r in rows:
+            r["log_ok"] = False  # rows for requests nobody received, or duplicates
+    return rows
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", action="append", required=True, metavar="NAME=DIR")
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--requests", type=int, default=400, help="at most this many requests per level")
+    p.add_argument("--max-seconds", type=float, default=60.0, help="... or stop a level after this long")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--batched", default="32,5", help="max_batch,max_wait_ms of the batched mode")
+    p.add_argument("--modes", nargs="+", default=["batched", "unbatched"])
+    p.add_argument("--device", help="override the checkpoints' device")
+    p.add_argument("--threads", type=int, help="torch intra-op threads of each server (default: torch's)")
+    p.add_argument("--params", default=str(REPO / "params.yaml"))
+    p.add_argument("--json", help="also write the rows here")
+    args = p.parse_args()
+    batch, wait = args.batched.split(",")
+    modes = {"batched": {"max_batch": int(batch), "max_wait_ms": float(wait)},
+             "unbatched": {"max_batch": 1, "max_wait_ms": 0.0}}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        for spec in args.model:
+            name, _, model = spec.partition("=")
+            for mode_name in args.modes:
+                rows += run_one(name, model, mode_name, modes[mode_name], args, Path(tmp))
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs visible; clients and server on the same host; "
+          f"k={args.k}; <= {args.requests} requests or {args.max_seconds:.0f} s per level; "
+          f"batched = max_batch {batch}, max_wait {wait} ms; unbatched = max_batch 1; "
+          f"torch threads {args.threads or 'default'}\n")
+    print("| model | batching | clients | requests | 2xx | p50 ms | p95 ms | p99 ms | req/s | mean batch | log rows == 2xx |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['batching']} | {r['clients']} | {r['requests']} | {r['ok']} | {r['p50']:.1f} | "
+              f"{r['p95']:.1f} | {r['p99']:.1f} | {r['throughput']:.1f} | {r['mean_batch']:.2f} | "
+              f"{'yes' if r['log_ok'] and r['log_rows'] == r['ok'] else 'NO'} ({r['log_rows']}) |")
+    if args.json:
+        Path(args.json).write_text(json.dumps([{k: v for k, v in r.items() if k != "ids"} for r in rows], indent=2))
+    return 0 if all(r["log_ok"] and r["log_rows"] == r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
