@@ -6,7 +6,7 @@ tests), so the rule is the same in `slmrec monitor`, the Dagster check and the r
 | rule | fails when | needs |
 | --- | --- | --- |
 | score_drift | ValueDrift(score) distance > score_drift_threshold | >= min_users current users |
-| history_len_drift | ValueDrift(history_len) distance > input_drift_threshold | inputs in both windows |
+| history_len_drift | ValueDrift(history_len) distance > input_drift_threshold | inputs, >= min_users current users |
 | unknown_item_share | mean share of unknown history items > max_unknown_item_share | current inputs |
 | cold_user_share | share of users without a usable history > max_cold_user_share | current inputs |
 | ndcg_drop | (ref − cur) / ref of NDCG@k > max_ndcg_drop | >= min_users current users with ground truth |
@@ -94,7 +94,7 @@ def judge(report: MonitorReport, cfg: MonitoringConfig) -> Verdict:
         _above("score_drift", v.get("score_drift", {}).get("current"), cfg.score_drift_threshold, few,
                what=f"{cfg.score_drift_method} distance"),
         _above("history_len_drift", v.get("history_len_drift", {}).get("current"), cfg.input_drift_threshold,
-               no_inputs, what=f"{cfg.input_drift_method} distance"),
+               no_inputs or few, what=f"{cfg.input_drift_method} distance"),
         _above("unknown_item_share", v.get("unknown_item_share", {}).get("current"), cfg.max_unknown_item_share,
                no_inputs, v.get("unknown_item_share", {}).get("reference"), "share"),
         _above("cold_user_share", v.get("cold_user_share", {}).get("current"), cfg.max_cold_user_share, no_inputs,

@@ -126,7 +126,7 @@ def test_same_window_is_no_drift_and_few_users_skip_list_rules():
     assert not verdict.drift and {r.status for r in verdict.rules} == {"pass"}
     strict = MonitoringConfig(k=K, min_users=3)  # 2 current users < 3: no verdict on lists or quality
     skipped = {r.name for r in judge(monitor(REFERENCE, CURRENT, TRAIN, strict), strict).rules if r.status == "skipped"}
-    assert skipped == {"score_drift", "ndcg_drop", "popularity_shift"}
+    assert skipped == {"score_drift", "history_len_drift", "ndcg_drop", "popularity_shift"}
 
 
 def test_without_truth_or_inputs_those_metrics_are_left_out():
