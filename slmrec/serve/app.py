@@ -48,6 +48,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from slmrec.config import ServeConfig
 from slmrec.serve.answer_log import AnswerLog, log_row
@@ -246,6 +247,10 @@ def create_app(state: ServerState) -> FastAPI:
         errors = _clean_errors(exc.errors())
         message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
         return _error(422, f"invalid request: {message}", uuid.uuid4().hex, detail=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):  # unknown route, wrong method
+        return _error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}", uuid.uuid4().hex)
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception):

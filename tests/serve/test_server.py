@@ -102,6 +102,8 @@ def test_same_top_k_from_evaluator_batch_job_and_http(pipeline, server, tmp_path
         ("/recommend/u1?k=0", 422, "k must be in 1..100"),
         ("/recommend/u1?k=101", 422, "k must be in 1..100"),
         ("/recommend/u1?k=ten", 422, "query.k"),
+        ("/recommend/u1/extra", 404, "Not Found: GET /recommend/u1/extra"),
+        ("/recommend", 405, "Method Not Allowed"),
     ],
 )
 def test_invalid_gets(server, path, status, needle):
