@@ -55,6 +55,11 @@ class ReplayConfig:
 
 
 def read_ml100k(path: str | Path) -> pd.DataFrame:
+    """A RecBole .inter file (typed header) or a CSV with user_id, item_id, ts[, rating]."""
+    if str(path).endswith(".csv"):
+        df = pd.read_csv(path)
+        return df.reindex(columns=["user_id", "item_id", "ts", "rating"]).astype(
+            {"user_id": str, "item_id": str, "ts": "int64"})
     df = pd.read_csv(path, sep="\t")
     df.columns = [c.split(":")[0] for c in df.columns]
     df = df.rename(columns={"timestamp": "ts"})
