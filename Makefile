@@ -2,11 +2,16 @@
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
-export PATH := $(abspath $(BIN)):$(PATH)
+# DVC runs from its own tool environment: `dvc exp run -S` needs hydra's antlr4 4.9, Dagster needs 4.13.
+# Only its `dvc` is put on PATH (through a one-file shim dir), ahead of .venv, so `python`/`slmrec` stay .venv's.
+DVC_VENV := .venv-dvc
+DVC_SHIM := $(DVC_VENV)/shim
+export PATH := $(abspath $(DVC_SHIM)):$(abspath $(BIN)):$(PATH)
+export SLMREC_DVC := $(abspath $(DVC_VENV)/bin/dvc)
 export DVC_NO_ANALYTICS := 1
 export DAGSTER_HOME ?= $(abspath .dagster_home)
 
-.PHONY: install demo test ui bench lock clean
+.PHONY: install demo test ui bench lock lock-dvc clean
 
 # The venv is (re)built when pyproject.toml or the lock changes.
 $(BIN)/.installed: pyproject.toml requirements.lock
@@ -17,11 +22,18 @@ $(BIN)/.installed: pyproject.toml requirements.lock
 	$(BIN)/pip install -q --no-deps antlr4-python3-runtime==4.13.2
 	touch $@
 
-install: $(BIN)/.installed
+$(DVC_VENV)/.installed: requirements-dvc.lock
+	$(PYTHON) -m venv $(DVC_VENV)
+	$(DVC_VENV)/bin/pip install -q --upgrade pip
+	$(DVC_VENV)/bin/pip install -q -r requirements-dvc.lock
+	mkdir -p $(DVC_SHIM) && ln -sf ../bin/dvc $(DVC_SHIM)/dvc
+	touch $@
+
+install: $(BIN)/.installed $(DVC_VENV)/.installed
 
 ## The main job: the whole pipeline on MovieLens-100K (embedded default), then the results table.
 demo: install
-	$(BIN)/dvc repro
+	dvc repro
 	$(BIN)/slmrec report --params params.yaml
 
 ## The tests (CI runs this through .ci/run).
@@ -42,6 +54,11 @@ bench: install
 ## Refresh the pinned dependency set after editing pyproject.toml.
 lock:
 	$(BIN)/pip freeze --exclude-editable | sed -e 's/^torch==\(.*\)+cpu/torch==\1/' > requirements.lock
+
+## Refresh the DVC tool environment's pins (after changing the dvc version in requirements-dvc.lock by hand).
+lock-dvc:
+	{ sed -n '1,2p' requirements-dvc.lock; $(DVC_VENV)/bin/pip freeze; } > requirements-dvc.lock.new
+	mv requirements-dvc.lock.new requirements-dvc.lock
 
 clean:
 	rm -rf data models results/cache .dagster_home

@@ -8,6 +8,7 @@ Dagster beyond the small `dagster_pipes` package, so it starts fast.
 """
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +27,23 @@ def lock_entry(lock_file: Path, stage: str) -> dict:
     return entry
 
 
+DVC_TOOL_ENV = ".venv-dvc"  # made by `make install`: DVC with its own antlr4 4.9 (Dagster needs 4.13)
+
+
+def dvc_command(root: Path | None = None, python: str = sys.executable) -> list[str]:
+    """How to run DVC: $SLMREC_DVC, else the project's tool environment (`.venv-dvc/bin/dvc` under
+    `root`, default the working directory), else this interpreter's `dvc` module (enough for
+    `dvc repro`; `dvc exp run -S` needs the tool environment)."""
+    if os.environ.get("SLMREC_DVC"):
+        return [os.environ["SLMREC_DVC"]]
+    tool = (root or Path.cwd()) / DVC_TOOL_ENV / "bin" / "dvc"
+    if tool.is_file() and os.access(tool, os.X_OK):
+        return [str(tool)]
+    return [python, "-m", "dvc"]
+
+
 def repro_command(stage: str, force: bool = False, python: str = sys.executable) -> list[str]:
-    return [python, "-m", "dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
+    return [*dvc_command(python=python), "repro", "--single-item", stage] + (["--force"] if force else [])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = repro_command(args.stage, args.force)
     with open_dagster_pipes() as pipes:
-        pipes.log.info(f"{' '.join(command[2:])} in {Path.cwd()}")
+        pipes.log.info(f"{' '.join(command)} in {Path.cwd()}")
         sys.stdout.flush()
         returncode = subprocess.call(command)
         outs = {}

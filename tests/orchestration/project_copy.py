@@ -16,6 +16,7 @@ import yaml
 
 from orchestration.pipeline import DvcPipeline
 from orchestration.runners import LocalStageRunner
+from orchestration.stage_entry import dvc_command
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -40,7 +41,8 @@ def run(root: Path, *cmd: str, env: dict | None = None) -> subprocess.CompletedP
 
 
 def dvc(root: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return run(root, sys.executable, "-m", "dvc", *args, env=env)
+    """DVC as every caller runs it: the tool environment (.venv-dvc, `make install`), see dvc_command."""
+    return run(root, *dvc_command(REPO), *args, env=env)
 
 
 def copy_project(dest: Path, params: dict | None = None) -> Path:
