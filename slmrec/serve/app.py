@@ -56,6 +56,7 @@ from slmrec.serve.recommender import Answer, EmptyHistory, Query, Recommender, U
 from slmrec.serve.sources import read_promoted
 
 MAX_HISTORY = 10_000  # items in a posted history: a bounded request
+RELOAD_RETRY_SECONDS = 60.0  # a promoted model that failed to load is tried again after this long
 
 
 class HistoryRequest(BaseModel):
@@ -93,6 +94,7 @@ class ServerState:
     loader: Callable[[Path], Recommender] | None = None  # model dir -> Recommender (same maps/options)
     metrics: Metrics = field(default_factory=Metrics)
     last_reload_error: str | None = None
+    failed_reload: tuple[str, float] | None = None  # (content hash, monotonic time) of the last failed load
     reloads: list[dict] = field(default_factory=list)  # {"from", "to", "at"} of every swap
 
 
@@ -159,6 +161,9 @@ async def reload_if_promoted(state: ServerState, pool: ThreadPoolExecutor) -> bo
         return False
     if record["content_hash"] == state.rec.model_hash:
         return False
+    failed = state.failed_reload
+    if failed and failed[0] == record["content_hash"] and time.monotonic() - failed[1] < RELOAD_RETRY_SECONDS:
+        return False  # the same broken candidate: retry later, not on every poll
     loop = asyncio.get_running_loop()
     try:
         new = await loop.run_in_executor(pool, state.loader, model_dir)
@@ -167,6 +172,7 @@ async def reload_if_promoted(state: ServerState, pool: ThreadPoolExecutor) -> bo
                              f"{new.model_hash[:12]}…")
     except Exception as err:  # noqa: BLE001 - a broken candidate must not take the service down: reported
         state.last_reload_error = f"reload of {model_dir} failed: {type(err).__name__}: {err}"
+        state.failed_reload = (record["content_hash"], time.monotonic())
         state.metrics.reloads.labels("failed").inc()
         print(f"slmrec serve: {state.last_reload_error}; still serving {state.rec.model_hash[:12]}", file=sys.stderr,
               flush=True)
@@ -176,7 +182,7 @@ async def reload_if_promoted(state: ServerState, pool: ThreadPoolExecutor) -> bo
     state.metrics.model_info.labels(old.model_hash).set(0)
     state.metrics.model_info.labels(new.model_hash).set(1)
     state.metrics.reloads.labels("ok").inc()
-    state.last_reload_error = None
+    state.last_reload_error, state.failed_reload = None, None
     state.reloads.append({"from": old.model_hash, "to": new.model_hash, "at": time.time(), "path": str(model_dir)})
     print(f"slmrec serve: now serving {new.model_hash[:12]} ({model_dir})", file=sys.stderr, flush=True)
     return True

@@ -6,6 +6,7 @@ after a SIGTERM: one row per 2xx answer, with the model that produced it.
 """
 
 import asyncio
+import json
 import threading
 import time
 
@@ -176,6 +177,18 @@ def test_concurrent_requests_share_forward_passes(server):
     queries = _metric(after, "slmrec_batch_size_sum") - _metric(before, "slmrec_batch_size_sum")
     passes = _metric(after, "slmrec_batch_size_count") - _metric(before, "slmrec_batch_size_count")
     assert queries == 32 and passes < 32, (queries, passes)  # some forward passes answered several requests
+
+
+def test_a_broken_promotion_keeps_the_old_model_serving(pipeline, server, tmp_path):
+    student = card_hash(pipeline / "models/student")
+    server.record.write_text(json.dumps({"path": str(tmp_path / "gone"), "content_hash": "f" * 64}))
+    deadline = time.monotonic() + 60
+    while not (ready := server.client.get("/ready").json())["last_reload_error"]:
+        assert time.monotonic() < deadline, "the broken promotion was never reported"
+        time.sleep(0.2)
+    assert ready["model"] == student and "gone" in ready["last_reload_error"]
+    assert get(server, "/recommend/u2?k=3").json()["model"] == student
+    assert 'slmrec_model_reloads_total{result="failed"} 1.0' in server.client.get("/metrics").text
 
 
 def test_hot_reload_then_sigterm_flushes_the_log(pipeline, server):
