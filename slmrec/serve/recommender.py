@@ -264,6 +264,12 @@ class Recommender:
         df.attrs.update(skipped=skipped, fallback=fallback)
         return df
 
+    def _dtype(self) -> torch.dtype:
+        """The compute dtype: the LLM trunk's (the maps and score head stay float32), else the weights'."""
+        if isinstance(self.model, LLMRec):
+            return self.model.base.embed_tokens.weight.dtype
+        return next(self.model.parameters()).dtype
+
     def describe(self) -> dict:
         """The served model: its card (content hash, parents, metrics), where its data came from."""
         card = self.sources.card
@@ -279,7 +285,7 @@ class Recommender:
             "model_class": type(self.model).__name__,
             "n_items": self.model.n_items,
             "device": str(self.device),
-            "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+            "dtype": str(self._dtype()).removeprefix("torch."),
             "splits": str(self.sources.splits_dir),
             "db": str(self.sources.db),
             "history_users": self.history.n_users,

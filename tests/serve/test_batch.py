@@ -61,6 +61,16 @@ def test_recommend_cli_bad_input(pipeline, tmp_path, capsys):
     assert "promote a model first" in capsys.readouterr().err
 
 
+def test_serve_cli_bad_input_exits_2(pipeline, tmp_path, capsys):
+    none = ["--params", str(tmp_path / "none.yaml")]
+    assert cli.main(["serve", "--model", str(tmp_path / "missing"), *none]) == 2
+    assert "has no card.json" in capsys.readouterr().err
+    assert cli.main(["serve", "--model", str(pipeline / "models" / "student"), "--max-batch", "0", *none]) == 2
+    assert "max_batch >= 1" in capsys.readouterr().err
+    assert cli.main(["serve", "--root", str(tmp_path), *none]) == 2  # no --model and nothing promoted
+    assert "promote a model first" in capsys.readouterr().err
+
+
 @pytest.fixture
 def project(pipeline, tmp_path):
     """A project dir for the asset: params.yaml and models/promoted.json naming the tiny student."""

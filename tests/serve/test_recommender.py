@@ -41,6 +41,7 @@ def test_lineage_finds_splits_and_store(pipeline, rec):
     assert rec.sources.splits_dir == pipeline / "splits"
     assert rec.sources.db == pipeline / "warehouse.duckdb"
     assert rec.describe()["model_class"] == "LLMRec" and rec.model.merged  # LoRA merged, prefix cached
+    assert (rec.describe()["device"], rec.describe()["dtype"]) == ("cpu", "float32")  # llm.device/dtype auto, on CPU
 
 
 def test_same_top_k_as_the_evaluator(pipeline, rec):
