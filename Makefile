@@ -11,7 +11,7 @@ export SLMREC_DVC := $(abspath $(DVC_VENV)/bin/dvc)
 export DVC_NO_ANALYTICS := 1
 export DAGSTER_HOME ?= $(abspath .dagster_home)
 
-.PHONY: install demo test ui bench lock lock-dvc clean
+.PHONY: install demo test ui bench lock lock-dvc clean chromium replay
 
 # The venv is (re)built when pyproject.toml or the lock changes.
 $(BIN)/.installed: pyproject.toml requirements.lock
@@ -37,7 +37,7 @@ demo: install
 	$(BIN)/slmrec report --params params.yaml
 
 ## The tests (CI runs this through .ci/run).
-test: install
+test: install chromium
 	$(BIN)/pytest -q -p no:cacheprovider
 
 ## Dagster UI on http://localhost:3000
@@ -62,3 +62,12 @@ lock-dvc:
 
 clean:
 	rm -rf data models results/cache .dagster_home
+
+## Debian's chromium for the browser tests and screenshots (Playwright drives it; no browser download)
+chromium:
+	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
+
+## Monitoring replay on ML-100K (README "Monitoring"): real later days, then a planted shift
+replay: install
+	$(BIN)/slmrec replay --scenario honest --days 10 --epochs 3 --out results/replay/honest
+	$(BIN)/slmrec replay --scenario shift --days 10 --shift-day 4 --shift-share 0.5 --epochs 3 --out results/replay/shift

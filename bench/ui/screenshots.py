@@ -10,7 +10,7 @@
 3. if the promotion gate refuses the student (likely: on 20 users no model beats random ranking 2x),
    captures that check, then relaxes `promotion.min_lift_over_random` to 0 in the copy, commits it, and
    re-runs model_evaluation + promoted_model (DVC skips the unchanged evaluation stage);
-4. captures the pages in PAGES with headless Chromium (bench/ui/chromium.py).
+4. captures the pages in PAGES with Debian's headless Chromium driven by Playwright (bench/ui/browser.py).
 """
 
 import argparse
@@ -22,7 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests/orchestration"))
-from chromium import Chromium  # noqa: E402
+from browser import Browser  # noqa: E402
 from project_copy import TEST_PARAMS, copy_project, git  # noqa: E402
 from ui_helpers.dagster_ui import DagsterDev, RunFailed  # noqa: E402
 
@@ -72,9 +72,8 @@ REFUSED = Page("model_evaluation_gate_refused.png", "/assets/model_evaluation?vi
                "the promotion gate refusing the student (ERROR): the reasons in its description")
 
 
-def capture(browser: Chromium, base_url: str, page: Page, out_dir: Path, **fill: str) -> Path:
-    browser.call("Emulation.setDeviceMetricsOverride", width=browser.size[0], height=page.height,
-                 deviceScaleFactor=1, mobile=False)
+def capture(browser: Browser, base_url: str, page: Page, out_dir: Path, **fill: str) -> Path:
+    browser.set_height(page.height)
     browser.open(base_url + page.path.format(**fill))
     browser.wait_for(f"document.body.innerText.includes({page.ready_text!r})", timeout_s=90, settle_s=3)
     if page.expand_graph:
@@ -122,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="slmrec-ui-"))
     root = work / "slmrec" if args.reuse else copy_project(work / "slmrec", PARAMS)
     args.out.mkdir(parents=True, exist_ok=True)
-    with DagsterDev(root, work / "dagster_home") as ui, Chromium(size=(args.width, 1000)) as browser:
+    with DagsterDev(root, work / "dagster_home") as ui, Browser(size=(args.width, 1000)) as browser:
         print(f"dagster dev on {ui.url} (location {ui.location}); DAGSTER_HOME {ui.home}", flush=True)
         ui.query("mutation { setNuxSeen }")  # the "join the community" dialog would cover every page
         if args.reuse:
@@ -134,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_pipeline(ui: DagsterDev, browser: Chromium, root: Path, args: argparse.Namespace) -> str:
+def run_pipeline(ui: DagsterDev, browser: Browser, root: Path, args: argparse.Namespace) -> str:
     """retrain_job end to end (relaxing the gate once if it refuses, see the module doc); its run id."""
     started = time.monotonic()
     run_id = ui.launch_job("retrain_job", tags={"slmrec/trigger": "screenshots"})
