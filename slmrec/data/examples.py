@@ -60,10 +60,18 @@ class Examples(Dataset):
         return {key: value[0] for key, value in self.batch(torch.tensor([i])).items()}
 
     def batch(self, rows: Tensor) -> dict[str, Tensor]:
-        """The batch of the given example rows (fast path: one gather per tensor)."""
+        """The batch of the given example rows (fast path: one gather per tensor).
+
+        Columns that are padding in every row are cut from the left: a batch is only as wide as its
+        longest real history (B, L_batch <= L). Models read the most recent column as the last one
+        either way (SASRec's positions count from the right; LLMRec re-pads to its L slots).
+        """
         rows = rows.long()
-        targets = self.targets[rows]  # (B, L)
-        batch = {"input_ids": self.input_ids[rows], "targets": targets, "target": targets[:, -1], "idx": rows}
+        input_ids, targets = self.input_ids[rows], self.targets[rows]  # (B, L)
+        real = ((input_ids != 0) | (targets != 0)).any(0)  # (L,) columns with a real item in some row
+        first = int(real.nonzero()[0]) if bool(real.any()) else input_ids.shape[1] - 1
+        input_ids, targets = input_ids[:, first:], targets[:, first:]  # (B, L_batch)
+        batch = {"input_ids": input_ids, "targets": targets, "target": targets[:, -1], "idx": rows}
         if self.history is not None:
             batch["history"] = self.history[rows]  # (B, H)
         return batch

@@ -52,6 +52,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("--column-map", help="events: user_id=uid,item_id=iid,ts=time")
     exp.add_argument("--hf-path", help="local HF checkpoint for --profile hf")
     exp.add_argument("--out", required=True, help="folder for the store, splits, models and results")
+    exp.add_argument("--models", nargs="+", metavar="NAME",
+                     help="train only these (chain order; parents included), e.g. --models sasrec")
     exp.add_argument("--max-users", type=int, help="keep a deterministic sample of this many users")
     exp.add_argument("--params", default=None, help="base params.yaml (default: built-in defaults for the profile)")
     exp.add_argument("--json", action="store_true")

@@ -37,6 +37,22 @@ def experiment_params(args: argparse.Namespace) -> Params:
     return dataclasses.replace(params, llm=llm, distill=distill)
 
 
+CHAIN = ("sasrec", "teacher", "student_nokd", "student")
+NEEDS = {"teacher": "sasrec", "student_nokd": "sasrec", "student": "teacher"}
+
+
+def chosen_models(names: list[str] | None) -> list[str]:
+    """The models to train, in chain order (default: all four); each one's parent must be chosen too."""
+    names = list(CHAIN) if not names else names
+    unknown = sorted(set(names) - set(CHAIN))
+    if unknown:
+        raise ValueError(f"--models: unknown {unknown}; choose from {list(CHAIN)}")
+    missing = [f"{n} needs {NEEDS[n]}" for n in names if n in NEEDS and NEEDS[n] not in names]
+    if missing:
+        raise ValueError("--models: " + "; ".join(missing))
+    return [n for n in CHAIN if n in names]
+
+
 def run_experiment(args: argparse.Namespace, log: Callable = print) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -56,11 +72,18 @@ def run_experiment(args: argparse.Namespace, log: Callable = print) -> dict:
     log(f"splits: {stats['n_users']} users, {stats['n_items']} items, {stats['n_interactions']} interactions")
 
     splits, models, runs = seq_cfg.out_dir, out / "models", str(out / "runs")
-    dirs = {name: str(models / name) for name in ("sasrec", "teacher", "student_nokd", "student")}
-    train_sasrec(splits, params, dirs["sasrec"], runs, log=log)
-    train_llm("teacher", splits, params, dirs["teacher"], dirs["sasrec"], None, runs, log=log)
-    train_llm("student", splits, params, dirs["student_nokd"], dirs["sasrec"], None, runs, log=log)
-    train_llm("student", splits, params, dirs["student"], dirs["sasrec"], dirs["teacher"], runs, log=log)
+    chosen = chosen_models(getattr(args, "models", None))
+    dirs = {name: str(models / name) for name in chosen}
+    trainers = {
+        "sasrec": lambda: train_sasrec(splits, params, dirs["sasrec"], runs, log=log),
+        "teacher": lambda: train_llm("teacher", splits, params, dirs["teacher"], dirs["sasrec"], None, runs, log=log),
+        "student_nokd": lambda: train_llm("student", splits, params, dirs["student_nokd"], dirs["sasrec"], None, runs,
+                                          log=log),
+        "student": lambda: train_llm("student", splits, params, dirs["student"], dirs["sasrec"], dirs["teacher"], runs,
+                                     log=log),
+    }
+    for name in chosen:
+        trainers[name]()
     summary = evaluate_models(splits, params, dirs, str(out / "metrics.json"), str(out / "results.md"), log=log)
     summary["dataset"] = {k: stats[k] for k in ("n_users", "n_items", "n_interactions", "dataset_hash")}
     summary["ingest"] = {k: ingest_report[k] for k in ("rows_read", "accepted", "quarantined", "quarantine_reasons")}
