@@ -164,3 +164,25 @@ def test_bad_windows_are_refused_with_a_clear_error():
         Window(recs=pd.DataFrame({"user_id": ["u", "u"], "rank": [1, 1], "item_id": ["a", "b"], "score": [1.0, 0.5]}))
     with pytest.raises(ValueError, match="training interactions are empty"):
         monitor(REFERENCE, CURRENT, TRAIN.iloc[:0], CFG)
+
+
+def test_serving_log_becomes_a_window_with_inputs():
+    from slmrec.monitor.window import from_serving_log
+
+    log = pd.DataFrame({
+        "request_id": ["r1", "r2", "r3", "r4"],
+        "user_id": ["196", "anonymous", "anonymous", "196"],  # 196 asked twice: its latest answer counts
+        "history_len": [10, 4, 2, 12],
+        "unknown_items": [[], ["x", "y", "z"], ["p", "q"], []],
+        "items": [["a", "b"], ["c", "d"], ["e", "f"], ["b", "a"]],
+        "scores": [[2.0, 1.0], [0.5, 0.4], [0.2, 0.1], [3.0, 2.5]],
+        "fallback": [None, None, "popular", None],
+    })
+    w = from_serving_log(log)
+    assert w.recs.values.tolist() == [["196", 1, "b", 3.0], ["196", 2, "a", 2.5],
+                                      ["anonymous:r2", 1, "c", 0.5], ["anonymous:r2", 2, "d", 0.4],
+                                      ["anonymous:r3", 1, "e", 0.2], ["anonymous:r3", 2, "f", 0.1]]
+    inputs = w.inputs.set_index("user_id")
+    assert inputs.loc["196"].tolist() == [12.0, 0.0, 0.0]
+    assert inputs.loc["anonymous:r2"].tolist() == [4.0, 0.75, 0.0]  # 3 of 4 posted items unknown, 1 known
+    assert inputs.loc["anonymous:r3"].tolist() == [2.0, 1.0, 1.0]  # all unknown: a popularity fallback
