@@ -98,6 +98,31 @@ def test_sampled_split_dir_passes_the_contracts_and_records_the_rule(tmp_path):
     assert "sample" not in plain
 
 
+def write_experiment_inputs(tmp_path):
+    seqs = regular_five_core()
+    path = tmp_path / "Beauty.txt"
+    path.write_text("".join(f"A{u:06d}X {' '.join(s)}\n" for u, s in enumerate(seqs)))
+    (tmp_path / "params.yaml").write_text(
+        "sequences: {k_core: 5}\n"
+        "sasrec: {hidden: 16, layers: 1, max_len: 5}\nllm: {max_len: 5}\n"
+        "train_sasrec: {epochs: 1, batch_size: 512, patience: 0}\n"
+        "train_llm: {epochs: 1, batch_size: 512, patience: 0}\neval: {bootstrap: 20, sampled_negatives: 0}\n"
+    )
+    return path
+
+
+def test_experiment_max_users_sasrec_only(tmp_path, capsys):
+    """The same sample through `slmrec experiment --models sasrec` (fast; the full chain is the slow test)."""
+    path = write_experiment_inputs(tmp_path)
+    argv = ["experiment", "--profile", "tiny", "--format", "seqtxt", "--path", str(path), "--max-users", "2000",
+            "--models", "sasrec", "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "out"),
+            "--json"]  # fmt: skip
+    assert cli.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["dataset"]["n_users"], summary["dataset"]["n_items"]) == (2000, 3000)
+    assert set(summary["models"]) == {"sasrec"}
+
+
 @pytest.mark.slow  # ~2 min on 2 shared cores: four tiny models trained and evaluated on 2000 users
 def test_experiment_max_users_on_a_five_core_amazon_style_file(tmp_path, capsys):
     """`slmrec experiment --profile tiny --max-users 2000` on a 3000-user 5-core sequence file."""

@@ -7,7 +7,6 @@ computed here from that file or from the files the run left on disk, never copie
 """
 
 import csv
-import warnings
 
 import pyarrow.parquet as pq
 import pytest
@@ -53,13 +52,12 @@ def ui(tmp_path_factory):
     server = DagsterDev(root, tmp / "dagster_home")
     with server:
         yield server
-    # stop() sent SIGTERM to the whole process group and SIGKILLed what was left after a grace period.
-    # Every process must be gone; a process that needed SIGKILL is reported (seen only on heavily
-    # loaded machines), not failed: this test is about the GraphQL path, not dagster's shutdown.
+    # stop() sent SIGTERM to the whole process group (as Ctrl-C on `make ui` does) and SIGKILLed what was
+    # left after a grace period. Every process must be gone, and on SIGTERM alone: a process that needed
+    # SIGKILL fails the test (the code servers' shutdown grace is bounded, see DAGSTER_GRPC_SHUTDOWN_GRACE_PERIOD).
     assert server.proc.poll() is not None and not server.group_members()
-    if server.forced_kill:
-        warnings.warn(f"dagster dev (group {server.proc.pid}) needed SIGKILL after SIGTERM; log tail:\n"
-                      f"{server.log_tail()[-2000:]}")
+    assert not server.forced_kill, (f"dagster dev (group {server.proc.pid}) needed SIGKILL after SIGTERM: "
+                                    f"{server.survivors}; log tail:\n{server.log_tail()[-2000:]}")
 
 
 @pytest.fixture(scope="module")

@@ -157,6 +157,7 @@ class DagsterDev:
         self.log_file = Path(log_file) if log_file else self.home / "dagster_dev.log"
         self.proc: subprocess.Popen | None = None
         self.forced_kill = False
+        self.survivors: dict[int, str] = {}  # pid -> command line of what needed SIGKILL
         self.location: str | None = None
         self.repository: str | None = None
 
@@ -173,6 +174,9 @@ class DagsterDev:
             "DVC_NO_ANALYTICS": "1",
             "DAGSTER_DISABLE_TELEMETRY": "1",
             "SLMREC_NO_TQDM": "1",
+            # as `make ui` sets it: a code server stops within 5 s of its shutdown, instead of waiting up to
+            # 60 s for in-flight RPCs (a sensor tick) -- the shutdown that once needed SIGKILL (docs/RELIABILITY.md)
+            "DAGSTER_GRPC_SHUTDOWN_GRACE_PERIOD": os.environ.get("DAGSTER_GRPC_SHUTDOWN_GRACE_PERIOD", "5"),
         }
         # `make ui`: no -m, so the module and the location name ("slmrec") come from pyproject.toml [tool.dagster]
         cmd = [str(VENV_BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(self.port)]
@@ -226,9 +230,17 @@ class DagsterDev:
             time.sleep(0.5)
         if self.group_members():  # run workers or code servers that did not exit
             self.forced_kill = True
+            self.survivors = {pid: self.command_line(pid) for pid in self.group_members()}
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
         self._log.close()
+
+    @staticmethod
+    def command_line(pid: int) -> str:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200]
+        except (FileNotFoundError, ProcessLookupError):
+            return "(exited)"
 
     def group_members(self) -> list[int]:
         """Live (not zombie) processes of the server's process group, from /proc."""
