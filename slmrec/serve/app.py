@@ -84,6 +84,33 @@ class Metrics:
         self.history_refreshes = Counter("slmrec_history_refreshes", "re-reads of the DuckDB histories", registry=r)
 
 
+class MetricsMiddleware:
+    """Pure ASGI middleware: requests/errors by endpoint and status, latency (cheaper than BaseHTTPMiddleware)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0, status = time.perf_counter(), {}
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:  # an exception reaching here is answered 500 by the server-error handler outside
+            code = str(status.get("code", 500))
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(endpoint, scope["method"], code).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+            if int(code) >= 400:
+                self.metrics.errors.labels(endpoint, code).inc()
+
+
 @dataclass
 class ServerState:
     rec: Recommender  # swapped by hot reload with one assignment
@@ -231,22 +258,7 @@ def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="SLMRec recommendations", lifespan=lifespan)
     app.state.server = state
 
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        t0 = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception:  # answered 500 by the handler below; counted here, then re-raised for the log
-            endpoint = getattr(request.scope.get("route"), "path", "unmatched")
-            metrics.requests.labels(endpoint, request.method, "500").inc()
-            metrics.errors.labels(endpoint, "500").inc()
-            raise
-        endpoint = getattr(request.scope.get("route"), "path", "unmatched")
-        metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
-        if response.status_code >= 400:
-            metrics.errors.labels(endpoint, str(response.status_code)).inc()
-        return response
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
