@@ -70,13 +70,13 @@ def build(work: Path) -> Path:
 
 
 PAGES = [  # (file, path, ready text, height, click)
-    ("deployment_group.png", "/locations/{location}/asset-groups/deployment", "recommendation_monitoring", 900, None),
+    ("deployment_group.png", "/locations/{location}/asset-groups/deployment", "Latest event", 900, None),
     ("recommendation_monitoring_asset.png", "/assets/recommendation_monitoring?partition=" + SHIFT, "report_html",
      1500, None),
     ("recommendation_drift_check.png", "/assets/recommendation_monitoring?view=checks", "recommendation_drift",
      1000, None),
     ("retrain_on_drift_sensor.png", "/locations/{location}/sensors/retrain_on_drift", "retrain_on_drift", 1000, None),
-    ("retrain_on_drift_run.png", "/runs/{run_id}", "retrain_job", 1000, None),
+    ("retrain_on_drift_run.png", "/runs/{run_id}", "retrain_job", 1000, "View tags and config"),
 ]
 
 
@@ -85,14 +85,18 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs/screenshots")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--width", type=int, default=1600)
+    parser.add_argument("--reuse", action="store_true", help="--workdir holds an earlier run: only re-monitor "
+                        "the shifted day and take the pictures")
     args = parser.parse_args(argv)
+    if args.reuse and args.workdir is None:
+        parser.error("--reuse needs --workdir")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="slmrec-monitoring-ui-"))
-    root = build(work)
+    root = work / "slmrec" if args.reuse else build(work)
     args.out.mkdir(parents=True, exist_ok=True)
     with DagsterDev(root, work / "dagster_home") as ui, Browser(size=(args.width, 1000)) as browser:
         print(f"dagster dev on {ui.url}; DAGSTER_HOME {ui.home}", flush=True)
         ui.query("mutation { setNuxSeen }")
-        for day in (QUIET, SHIFT):
+        for day in (SHIFT,) if args.reuse else (QUIET, SHIFT):
             run_id = ui.launch_assets(["recommendation_monitoring"], tags={"dagster/partition": day})
             print(f"{day}: {ui.wait_for_run(run_id, timeout_s=600, poll_s=3)}", flush=True)
         deadline = time.monotonic() + 300
@@ -114,7 +118,8 @@ def main(argv=None) -> int:
         for file, path, ready, height, click in PAGES:
             browser.set_height(height)
             browser.open(ui.url + path.format(location=ui.location, run_id=retrain))
-            browser.wait_for(f"document.body.innerText.includes({ready!r})", timeout_s=120, settle_s=3)
+            browser.wait_for(f"document.body.innerText.includes({ready!r}) && "
+                             "!document.body.innerText.includes('Loading...')", timeout_s=120, settle_s=3)
             if click:
                 browser.click_text(click)
                 time.sleep(1.5)

@@ -16,8 +16,9 @@ against hand-computed numbers. Known 0.7.23 behaviours handled here:
   (the value of NDCG@k sits in the row labelled k+1) while HitRate/Recall are labelled correctly, so
   values are taken by position (row k-1), never by the label;
 - the reference-side value of PopularityBias(coverage) is computed over every reference row (not only
-  the top-K, and without intersecting with the training items), so reference values are taken from a
-  second run in which the reference window is the current data: both windows through one formula;
+  the top-K, and without intersecting with the training items; so the HTML's "reference coverage" is
+  not comparable), so every value is read from a run with that window alone as the current data: both
+  windows through one formula. The drift values come from the current-vs-reference run (the HTML);
 - `save_html`/`save_json` silently write nothing for a pathlib.Path: we pass str and check the files;
 - ScoreDistribution fails on rank-type recommendations: not used (score drift is ValueDrift on `score`).
 """
@@ -82,17 +83,18 @@ def evidently_frame(window: Window, k: int) -> pd.DataFrame:
     return frame.astype({c: (int if c == "rank" else float) for c in NUMERIC})
 
 
-def _metrics(k: int, cfg: MonitoringConfig, quality: bool, inputs: bool, drift: bool) -> dict[str, object]:
+def _metrics(k: int, cfg: MonitoringConfig, quality: bool, inputs: bool, drift: bool, html: bool = False
+             ) -> dict[str, object]:
+    """Our name -> Evidently metric. `html`: the set shown in the report (one popularity widget: the ARP,
+    coverage and Gini variants render the same three counters), else the set the values are read from."""
     m: dict[str, object] = {"rows": RowCount()}
     if quality:
         m.update({"ndcg": NDCG(k=k), "hit_rate": HitRate(k=k), "recall": RecallTopK(k=k)})
-    m.update({
-        "popularity_arp": PopularityBiasMetric(k=k, metric="arp"),
-        "coverage": PopularityBiasMetric(k=k, metric="coverage"),
-        "gini": PopularityBiasMetric(k=k, metric="gini"),
-        "personalization": Personalization(k=k),
-        "novelty": Novelty(k=k),
-    })
+    m["popularity_arp"] = PopularityBiasMetric(k=k, metric="arp")
+    if not html:
+        m.update({"coverage": PopularityBiasMetric(k=k, metric="coverage"),
+                  "gini": PopularityBiasMetric(k=k, metric="gini")})
+    m.update({"personalization": Personalization(k=k), "novelty": Novelty(k=k)})
     if inputs:
         m.update({"mean_history_len": MeanValue(column="history_len"),
                   "unknown_item_share": MeanValue(column="unknown_share"),
@@ -155,25 +157,28 @@ def monitor(reference: Window, current: Window, train: pd.DataFrame, cfg: Monito
     inputs = reference.inputs is not None and current.inputs is not None
     ref_frame, cur_frame = evidently_frame(reference, k), evidently_frame(current, k)
 
-    metrics = _metrics(k, cfg, quality, inputs, drift=True)
-    snapshot = _run(cur_frame, ref_frame, train, metrics)
-    results = snapshot.metric_results
-    # the reference side through the same formulas: the reference window as current data (module doc)
-    ref_metrics = _metrics(k, cfg, quality, inputs, drift=False)
-    ref_results = _run(ref_frame, None, train, ref_metrics).metric_results
+    # the report a user reads: current against reference, with the drift metrics
+    shown = _metrics(k, cfg, quality, inputs, drift=True, html=True)
+    snapshot = _run(cur_frame, ref_frame, train, shown)
+    # the values: each window alone as the current data, so both go through the same formulas (module doc)
+    single = _metrics(k, cfg, quality, inputs, drift=False)
+    cur_results = _run(cur_frame, None, train, single).metric_results
+    ref_results = _run(ref_frame, None, train, single).metric_results
 
     values: dict[str, dict[str, float | None]] = {}
-    for name, metric in metrics.items():
-        if name == "rows":
-            continue
-        current_value = _value(results[metric.metric_id], k)
-        reference_value = None if name in DRIFTS else _value(ref_results[ref_metrics[name].metric_id], k)
-        values[_key(name, k)] = {"reference": _clean(reference_value), "current": _clean(current_value)}
+    for name, metric in single.items():
+        if name != "rows":
+            values[_key(name, k)] = {"reference": _clean(_value(ref_results[metric.metric_id], k)),
+                                     "current": _clean(_value(cur_results[metric.metric_id], k))}
+    for name in DRIFTS:
+        if name in shown:
+            values[name] = {"reference": None, "current": _clean(_value(snapshot.metric_results[shown[name].metric_id], k))}
     counts = {
         "reference_users": reference.users, "current_users": current.users,
         "reference_truth_users": reference.truth_users, "current_truth_users": current.truth_users,
     }
-    names = {_key(n, k): results[m.metric_id].display_name for n, m in metrics.items() if n != "rows"}
+    names = {_key(n, k): cur_results[m.metric_id].display_name for n, m in single.items() if n != "rows"}
+    names.update({n: snapshot.metric_results[shown[n].metric_id].display_name for n in DRIFTS if n in shown})
     return MonitorReport(k=k, values=values, counts=counts, snapshot=snapshot, metric_names=names)
 
 
