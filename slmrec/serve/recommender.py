@@ -20,7 +20,8 @@ trained on a GPU).
 
 Cold start (`serve.cold_start`): a user the store does not know, or a history with no item the
 model knows, is an error (UnknownUser / EmptyHistory) under `error`, and gets the most popular
-items of the training data, flagged `fallback="popular"`, under `popular`.
+items of the splits (every interaction the model was trained and evaluated on), flagged
+`fallback="popular"`, under `popular`.
 """
 
 from __future__ import annotations

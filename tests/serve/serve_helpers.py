@@ -7,8 +7,14 @@ first two events share one timestamp (the tie-break rule: row order). Built once
 
 import argparse
 import datetime as dt
+import json
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from slmrec.stages.experiment import run_experiment
@@ -57,14 +63,6 @@ def pipeline(tmp_path_factory) -> Path:
 
 
 # ---------------------------------------------------------------- a real server process
-
-import json  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-
-import httpx  # noqa: E402
 
 
 def free_port() -> int:

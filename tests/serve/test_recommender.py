@@ -63,6 +63,15 @@ def test_same_top_k_as_the_evaluator(pipeline, rec):
             assert result.ranks[row] == expected.index(target) + 1
 
 
+def test_sasrec_serves_through_the_same_path(pipeline):
+    splits = load_splits(pipeline / "splits")
+    rec = Recommender.load(pipeline / "models" / "sasrec")
+    history, _ = splits.test[3]
+    expected = evaluator_top_k(rec.model, history, K)
+    assert rec.recommend_history([splits.item_ids[i] for i in history], K).items == [splits.item_ids[i] for i in expected]
+    assert rec.describe()["model_class"] == "SASRec"
+
+
 def test_user_history_comes_from_the_store_in_sequence_order(pipeline, rec):
     splits = load_splits(pipeline / "splits")
     for u in (0, 7, 13):
