@@ -427,6 +427,15 @@ def _titles(final_item_ids: pa.Array, items: pa.Table) -> pa.Array:
 
 
 
+STATS_DIGEST = "stats_sha256"  # stats.json's own checksum: any changed byte of it is refused on load
+
+
+def stats_digest(stats: dict) -> str:
+    """sha256 of stats.json's canonical JSON without its own digest field."""
+    body = {k: v for k, v in stats.items() if k != STATS_DIGEST}
+    return hashlib.sha256(json.dumps(body, indent=2, sort_keys=True).encode()).hexdigest()
+
+
 def dataset_hash(files: dict[str, str]) -> str:
     """sha256 over the lines '<file name> <sha256>' of the split Parquet files, in SPLIT_FILES order."""
     return hashlib.sha256("".join(f"{name} {files[name]}\n" for name in SPLIT_FILES).encode()).hexdigest()
@@ -458,7 +467,8 @@ def write_split_dir(built: BuiltSplits, contracts: dict, out_dir: str | Path) ->
         files = {name: sha256_file(tmp / name) for name in SPLIT_FILES}
         stats = {**built.stats, "files": files, "dataset_hash": dataset_hash(files), "contracts": contracts,
                  "sequences_sha256": sha256_file(tmp / SEQUENCES_FILE)}
-        (tmp / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+        on_disk = {**stats, STATS_DIGEST: stats_digest(stats)}
+        (tmp / "stats.json").write_text(json.dumps(on_disk, indent=2, sort_keys=True) + "\n")
         tmp.chmod(0o755)
         _swap_in(tmp, out)
     finally:
@@ -519,6 +529,9 @@ def read_split_tables(split_dir: str | Path) -> tuple[dict[str, pa.Table], dict]
         stats = json.loads(stats_path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{stats_path}: corrupted, not JSON ({err}); rebuild the splits") from err
+    if isinstance(stats, dict) and STATS_DIGEST in stats:  # (split dirs written before the digest: no check)
+        if stats.pop(STATS_DIGEST) != stats_digest(stats):
+            raise ValueError(f"{stats_path}: corrupted or edited: its bytes no longer match its {STATS_DIGEST}")
     files = stats.get("files") if isinstance(stats, dict) else None
     if not isinstance(files, dict) or any(not isinstance(files.get(n), str) for n in SPLIT_FILES):
         raise ValueError(f"{stats_path}: corrupted, no sha256 for each of {list(SPLIT_FILES)}; rebuild the splits")

@@ -111,6 +111,7 @@ def write_experiment_inputs(tmp_path):
     return path
 
 
+@pytest.mark.slow  # ~20 s of CPU
 def test_experiment_max_users_sasrec_only(tmp_path, capsys):
     """The same sample through `slmrec experiment --models sasrec` (fast; the full chain is the slow test)."""
     path = write_experiment_inputs(tmp_path)

@@ -82,6 +82,7 @@ def test_hand_built_example(tmp_path):
         "splits": {"passed": True, "expectations": 24},
     }
     on_disk = json.loads((tmp_path / "splits" / "stats.json").read_text())
+    assert on_disk.pop("stats_sha256") == seq.stats_digest(on_disk)  # stats.json's own checksum
     assert on_disk == stats.to_dict()
     assert on_disk["dataset_hash"] == s.dataset_hash == seq.dataset_hash(file_hashes(tmp_path / "splits"))
     assert on_disk["input"]["sha256"] == hashlib.sha256((src / "interactions.parquet").read_bytes()).hexdigest()
@@ -281,6 +282,7 @@ def test_load_splits_checks_histories_against_train(tmp_path):
     stats = json.loads((out / "stats.json").read_text())
     stats["files"] = file_hashes(out)  # a consistent but wrong split dir: only the history check can see it
     stats["dataset_hash"] = seq.dataset_hash(stats["files"])
+    stats["stats_sha256"] = seq.stats_digest(stats)
     (out / "stats.json").write_text(json.dumps(stats))
     with pytest.raises(ValueError, match="valid.parquet: histories do not match train.parquet"):
         load_splits(out)
