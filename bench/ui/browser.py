@@ -90,6 +90,10 @@ class Browser:
         if not clicked:
             raise LookupError(f"no {selector} with text {text!r} on the page")
 
+    def scroll_to(self, text: str) -> None:
+        """Scroll the first element showing `text` to the top of the viewport."""
+        self.page.get_by_text(text).first.evaluate("e => e.scrollIntoView({block: 'start'})")
+
     def mouse_click(self, x: float, y: float, button: str = "left") -> None:
         """A real click at viewport coordinates (React context menus listen to these, not to el.click())."""
         self.page.mouse.click(x, y, button=button)

@@ -85,18 +85,22 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs/screenshots")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--width", type=int, default=1600)
-    parser.add_argument("--reuse", action="store_true", help="--workdir holds an earlier run: only re-monitor "
-                        "the shifted day and take the pictures")
+    parser.add_argument("--reuse", action="store_true", help="--workdir holds an earlier build: refresh its code, "
+                        "re-monitor both days and take the pictures")
     args = parser.parse_args(argv)
     if args.reuse and args.workdir is None:
         parser.error("--reuse needs --workdir")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="slmrec-monitoring-ui-"))
     root = work / "slmrec" if args.reuse else build(work)
+    if args.reuse:  # the copy runs its own code: bring it up to date with this checkout
+        for package in ("slmrec", "orchestration"):
+            shutil.copytree(REPO / package, root / package, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("__pycache__"))
     args.out.mkdir(parents=True, exist_ok=True)
     with DagsterDev(root, work / "dagster_home") as ui, Browser(size=(args.width, 1000)) as browser:
         print(f"dagster dev on {ui.url}; DAGSTER_HOME {ui.home}", flush=True)
         ui.query("mutation { setNuxSeen }")
-        for day in (SHIFT,) if args.reuse else (QUIET, SHIFT):
+        for day in (QUIET, SHIFT):
             run_id = ui.launch_assets(["recommendation_monitoring"], tags={"dagster/partition": day})
             print(f"{day}: {ui.wait_for_run(run_id, timeout_s=600, poll_s=3)}", flush=True)
         deadline = time.monotonic() + 300
@@ -109,12 +113,16 @@ def main(argv=None) -> int:
                     raise
                 time.sleep(5)
         print(f"retrain_on_drift requested run {retrain}", flush=True)
-        report = root / f"results/monitoring/{SHIFT}/report.html"
-        browser.set_height(1800)
-        browser.open(report.as_uri())
-        browser.wait_for("document.body.innerText.includes('Novelty (top-5)')", timeout_s=120, settle_s=2)
-        browser.screenshot(args.out / "monitoring_report.png")
-        print(f"{args.out / 'monitoring_report.png'}: the Evidently report of {SHIFT}", flush=True)
+        for day, file, scroll in ((QUIET, "monitoring_report.png", None),
+                                  (SHIFT, "monitoring_report_shift.png", "Mean value of 'unknown_share'")):
+            browser.set_height(1400)
+            browser.open((root / f"results/monitoring/{day}/report.html").as_uri())
+            browser.wait_for("document.body.innerText.includes('Novelty (top-5)')", timeout_s=120, settle_s=2)
+            if scroll:
+                browser.scroll_to(scroll)
+                time.sleep(1)
+            browser.screenshot(args.out / file)
+            print(f"{args.out / file}: the Evidently report of {day}", flush=True)
         for file, path, ready, height, click in PAGES:
             browser.set_height(height)
             browser.open(ui.url + path.format(location=ui.location, run_id=retrain))

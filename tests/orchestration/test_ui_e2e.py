@@ -27,7 +27,7 @@ GROUPS = {
     "sequences": {"user_sequences", "dataset_splits"},
     "models": {"sasrec", "teacher", "student_nokd", "student"},
     "evaluation": {"model_evaluation"},
-    "deployment": {"promoted_model"},
+    "deployment": {"promoted_model", "recommendations", "recommendation_monitoring"},
 }
 
 
