@@ -64,7 +64,7 @@ def ui(tmp_path_factory):
 def data_run(ui) -> str:
     """One run of the four data assets and their checks, launched the way the UI launches it."""
     run_id = ui.launch_assets(DATA_ASSETS, tags={"slmrec/trigger": "ui-e2e-test"})
-    assert ui.wait_for_run(run_id, timeout_s=180) == "SUCCESS"
+    assert ui.wait_for_run(run_id, timeout_s=420) == "SUCCESS"  # 180 s was not enough at load ~10 on 2 cores
     return run_id
 
 
