@@ -35,6 +35,12 @@ install: $(BIN)/.installed $(DVC_VENV)/.installed
 demo: install
 	dvc repro
 	$(BIN)/slmrec report --params params.yaml
+	# the promotion gate (Dagster asset promoted_model, on validation CIs): writes models/promoted.json, which
+	# `slmrec serve` deploys; a refusal is an outcome of the demo, printed, not an error of the pipeline
+	mkdir -p $(DAGSTER_HOME) && cp orchestration/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster asset materialize -m orchestration.definitions --select promoted_model > results/promotion.log 2>&1 \
+	  && echo "promoted: $$(cat models/promoted.json | $(BIN)/python -c 'import json,sys; r=json.load(sys.stdin); print(r["model"], r["content_hash"][:12], r["warnings"] or "no warnings")')" \
+	  || { grep -h "refused\|Error" results/promotion.log | tail -3; echo "PROMOTION REFUSED: models/promoted.json unchanged (full log: results/promotion.log)"; }
 
 ## The tests (CI runs this through .ci/run).
 test: install chromium
