@@ -84,7 +84,7 @@ def promoted_model(context: dg.AssetExecutionContext, pipeline: DvcPipeline) -> 
     )
     atomic_write_text(pipeline.path(params.promotion.record), json.dumps(record, indent=2) + "\n")
     for warning in record["warnings"]:
-        context.log.warning(f"promoted with a regression: {warning}")
+        context.log.warning(f"promoted with a warning: {warning}")
     return dg.MaterializeResult(
         metadata={
             "model": dg.MetadataValue.text(record["model"]),
