@@ -214,7 +214,7 @@ class DagsterDev:
             time.sleep(1.0)
         raise TimeoutError(f"dagster dev on {self.url} not ready after {timeout_s:.0f}s ({last}):\n{self.log_tail()}")
 
-    def stop(self, timeout_s: float = 240.0, linger_s: float = 60.0) -> None:
+    def stop(self, timeout_s: float = 120.0, linger_s: float = 60.0) -> None:
         """SIGTERM to the whole process group, as Ctrl-C in a terminal would; SIGKILL what is left after
         `timeout_s` + `linger_s` (and set `forced_kill`, so a test can insist on a clean shutdown).
 
@@ -222,7 +222,8 @@ class DagsterDev:
         then joins each of its daemon threads (scheduler, sensors, backfills, run monitoring, ...) for up
         to 30 s apiece (dagster/_daemon/controller.py `__exit__`). On a loaded 2-core machine a sensor tick
         in flight makes that add up: a fresh-clone CI run saw the daemon still shutting down 150 s after
-        SIGTERM. 240 s covers Dagster's own bound; a clean shutdown returns as soon as the group is gone."""
+        SIGTERM, and another saw the whole group outlive it; a clean shutdown returns as soon as the group
+        is gone."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
