@@ -240,6 +240,9 @@ class DagsterDev:
             self.survivors = {pid: self.command_line(pid) for pid in self.group_members()}
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+        deadline = time.monotonic() + 30  # SIGKILLed members need a moment to be gone from /proc
+        while self.group_members() and time.monotonic() < deadline:
+            time.sleep(0.2)
         self._log.close()
 
     @staticmethod
