@@ -50,8 +50,11 @@ test: install chromium
 ui: install
 	mkdir -p $(DAGSTER_HOME)
 	cp orchestration/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
-	# code servers wait up to 60 s for in-flight RPCs when stopped; 5 s lets Ctrl-C stop everything promptly
-	DAGSTER_GRPC_SHUTDOWN_GRACE_PERIOD=5 $(BIN)/dagster dev -h 127.0.0.1 -p 3000
+	# code servers wait up to 60 s for in-flight RPCs when stopped; 5 s lets Ctrl-C stop everything promptly.
+	# SIGINT back to its default before exec: started in the background (`make ui &` from a script, nohup, CI)
+	# it is inherited ignored, and dagster dev then ignores SIGTERM too and never stops (docs/RELIABILITY.md)
+	DAGSTER_GRPC_SHUTDOWN_GRACE_PERIOD=5 $(BIN)/python -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])' \
+		$(BIN)/dagster dev -h 127.0.0.1 -p 3000
 
 ## Benchmarks (print tables; run `make demo` first so the model bench can show test metrics)
 bench: install

@@ -7,7 +7,6 @@ computed here from that file or from the files the run left on disk, never copie
 """
 
 import csv
-import warnings
 
 import pyarrow.parquet as pq
 import pytest
@@ -54,14 +53,13 @@ def ui(tmp_path_factory):
     with server:
         yield server
     # stop() sent SIGTERM to the whole process group (as Ctrl-C on `make ui` does) and SIGKILLed what was
-    # left after a grace period. Every process must be gone. A process that needed SIGKILL is reported, not
-    # failed: in fresh-clone runs on a loaded 2-core box the whole group (dagster dev, webserver, daemon,
-    # code servers) outlived SIGTERM by 300 s although the daemon logged "Daemon threads shut down" within
-    # seconds — not yet understood, so this test (about the GraphQL path) does not depend on it.
+    # left after a grace period. Every process must be gone, and none may have needed SIGKILL. (Fresh-clone
+    # runs started in the background once did: SIGINT inherited ignored made `dagster dev` ignore SIGTERM, see
+    # DEFAULT_SIGINT in ui_helpers/dagster_ui.py and docs/RELIABILITY.md.)
+    assert not server.forced_kill, (
+        f"dagster dev (group {server.proc.pid}) needed SIGKILL after SIGTERM: {server.survivors}; "
+        f"log tail:\n{server.log_tail()[-2000:]}")
     assert server.proc.poll() is not None and not server.group_members()
-    if server.forced_kill:
-        warnings.warn(f"dagster dev (group {server.proc.pid}) needed SIGKILL after SIGTERM: {server.survivors}; "
-                      f"log tail:\n{server.log_tail()[-2000:]}")
 
 
 @pytest.fixture(scope="module")

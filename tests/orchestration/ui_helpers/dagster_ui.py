@@ -31,6 +31,15 @@ from pathlib import Path
 VENV_BIN = Path(sys.executable).parent
 ASSET_JOB = "__ASSET_JOB"  # the implicit job the UI's "Materialize" button runs an asset selection in
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
+# `dagster dev` is exec'd (same pid) with SIGINT at its default disposition. A process started from a script as
+# `cmd &` (no job control) or under some CI runners inherits SIGINT *ignored*; Python then installs no
+# KeyboardInterrupt handler, and dagster's setup_interrupt_handlers() copies SIGINT's disposition onto SIGTERM,
+# so `dagster dev` and its code servers ignore SIGTERM as well. The webserver and daemon do stop (uvicorn and the
+# daemon install their own handlers) but then wait forever on their shutdown pipe for the SHUTDOWN message that
+# `dagster dev` never sends (dagster_shared/ipc.py monitor_ipc_shutdown_pipe) -- the whole group outlived SIGTERM
+# until SIGKILL (docs/RELIABILITY.md, "`dagster dev` shutdown"). `make ui` does the same.
+DEFAULT_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                  "os.execv(sys.argv[1], sys.argv[1:])")
 
 
 def free_port() -> int:
@@ -178,8 +187,10 @@ class DagsterDev:
             # 60 s for in-flight RPCs (a sensor tick) -- the shutdown that once needed SIGKILL (docs/RELIABILITY.md)
             "DAGSTER_GRPC_SHUTDOWN_GRACE_PERIOD": os.environ.get("DAGSTER_GRPC_SHUTDOWN_GRACE_PERIOD", "5"),
         }
-        # `make ui`: no -m, so the module and the location name ("slmrec") come from pyproject.toml [tool.dagster]
-        cmd = [str(VENV_BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(self.port)]
+        # `make ui`: no -m, so the module and the location name ("slmrec") come from pyproject.toml [tool.dagster];
+        # exec'd with SIGINT at its default, see DEFAULT_SIGINT
+        cmd = [sys.executable, "-c", DEFAULT_SIGINT,
+               str(VENV_BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(self.port)]
         self._log = open(self.log_file, "ab")
         # own session = own process group: stop() signals webserver, daemon, code server and run workers at once
         self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=self._log, stderr=subprocess.STDOUT,
@@ -220,10 +231,10 @@ class DagsterDev:
 
         Why so long: the daemon (`dagster._daemon run`) does not ignore SIGTERM — it maps it to SIGINT and
         then joins each of its daemon threads (scheduler, sensors, backfills, run monitoring, ...) for up
-        to 30 s apiece (dagster/_daemon/controller.py `__exit__`). On a loaded 2-core machine a sensor tick
-        in flight makes that add up: a fresh-clone CI run saw the daemon still shutting down 150 s after
-        SIGTERM, and another saw the whole group outlive it; a clean shutdown returns as soon as the group
-        is gone."""
+        to 30 s apiece (dagster/_daemon/controller.py `__exit__`), and `dagster dev` waits up to 60 s each
+        for the webserver and the daemon. A clean shutdown returns as soon as the group is gone. (The whole
+        group outliving SIGTERM in fresh-clone runs was not slowness: those were started with SIGINT
+        ignored, see DEFAULT_SIGINT.)"""
         if self.proc is None:
             return
         if self.proc.poll() is None:
