@@ -80,8 +80,11 @@ class LLMRecConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_targets: list[str] = field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])
-    dtype: str = "auto"  # auto = bf16 on cuda, float32 elsewhere
+    dtype: str = "auto"  # auto = bf16 on cuda, float32 elsewhere (bfloat16 on a CPU with AVX-512 BF16: a lever)
     device: str = "auto"  # auto = cuda > mps > cpu
+    # speed levers that change nothing but float rounding (bench/bench_levers.py measures each):
+    trim_slots: bool = True  # run only as many item slots as the batch's longest history (False: always max_len)
+    prefix_once: bool = True  # the instruction prefix runs once per batch, not once per user (it is the same)
     instruction: str = "Given the user's purchase history, predict the next item the user will interact with."
     response: str = "### Response:"
 
@@ -122,6 +125,9 @@ class TrainConfig:
     # added (training loop): write last.pt every N optimizer steps too, so a run killed mid-epoch
     # loses at most N steps (issue 3 item 5); end-of-epoch checkpoints are always written
     checkpoint_every: int = 200
+    # added (issue 9, speed lever): 0 = batches drawn at random; k = examples sorted by history length within
+    # windows of k batches, then the batches shuffled (data/examples.py bucket_order): short batches run short
+    length_buckets: int = 0
 
 
 @dataclass
@@ -204,6 +210,9 @@ class ServeConfig:
     log_flush_seconds: float = 2.0  # ... or this many seconds, whichever comes first
     reload_poll_seconds: float = 5.0  # how often the server looks at the promotion record for a new model
     recommendations_dir: str = "results/recommendations"  # batch recommendations, one Parquet file per partition
+    # added (issue 9): LLM trunk precision when serving: fp32 | bf16 | int8 (slmrec/models/inference.py); the
+    # accuracy and speed of each are measured in bench/README.md "Inference precision"
+    precision: str = "fp32"
 
 
 @dataclass

@@ -64,7 +64,8 @@ class Examples(Dataset):
 
         Columns that are padding in every row are cut from the left: a batch is only as wide as its
         longest real history (B, L_batch <= L). Models read the most recent column as the last one
-        either way (SASRec's positions count from the right; LLMRec re-pads to its L slots).
+        either way (SASRec's positions count from the right; LLMRec runs these slots, or re-pads to its L
+        slots with llm.trim_slots off).
         """
         rows = rows.long()
         input_ids, targets = self.input_ids[rows], self.targets[rows]  # (B, L)
@@ -160,6 +161,34 @@ def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
     """The shuffled example order of one epoch: a function of (seed, epoch) only (resume relies on it)."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=gen)
+
+
+def lengths(examples: Examples) -> Tensor:
+    """(N,) real history length of each example (left-padded rows: columns from the first real item)."""
+    real = examples.input_ids > 0  # (N, L)
+    first = torch.where(real.any(1), real.int().argmax(1), torch.full_like(real[:, 0], real.shape[1], dtype=torch.long))
+    return real.shape[1] - first
+
+
+def bucket_order(order: Tensor, lengths: Tensor, batch_size: int, window: int, seed: int, epoch: int) -> Tensor:
+    """`order` regrouped into batches of similar history length (train.length_buckets = `window`).
+
+    Within each run of window x batch_size consecutive examples of `order`, examples are sorted by length
+    and cut into batches; then all batches are shuffled (a function of (seed, epoch): resume relies on it).
+    Trimmed batches (llm.trim_slots) are then as wide as their own examples, not as the longest of a
+    random draw. Every example still appears exactly once per epoch.
+    """
+    if window < 1:
+        raise ValueError(f"bucket_order: window must be >= 1, got {window}")
+    span = window * batch_size
+    batches = []
+    for start in range(0, len(order), span):
+        chunk = order[start : start + span]
+        chunk = chunk[torch.argsort(lengths[chunk], stable=True)]  # shortest first
+        batches.extend(chunk.split(batch_size))
+    short = [batches.pop()] if len(batches[-1]) < batch_size else []  # a short last batch stays last,
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7_919)  # so iter_batch_rows cuts the same batches
+    return torch.cat([batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()] + short)
 
 
 def iter_batch_rows(order: Tensor, batch_size: int, start: int = 0) -> Iterator[Tensor]:

@@ -1,7 +1,7 @@
 """`slmrec data fetch ml-100k`: MovieLens-100K out of the `recbole==1.2.1` wheel on PyPI.
 
 The wheel is downloaded with pip (no install), its sha256 checked, and the two atomic files
-read out of the zip and checked again. The wheel is cached under $SLMREC_CACHE_DIR
+read out of the zip and checked again. The wheel is cached under $SLMREC_CACHE
 (default ~/.cache/slmrec/wheels), outside the repository.
 """
 
@@ -28,7 +28,7 @@ FILES_SHA256 = {
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("SLMREC_CACHE_DIR", Path.home() / ".cache" / "slmrec")) / "wheels"
+    return Path(os.environ.get("SLMREC_CACHE", Path.home() / ".cache" / "slmrec")) / "wheels"  # as models/backbones.py
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -81,13 +81,23 @@ class TeacherFeatureCache:
                 raise ValueError(
                     f"teacher {name} are not finite or exceed the fp16 range; set distill.cache_teacher=false"
                 )
-        self.feats[idx] = feats.to(torch.float16)
-        self.u[idx] = u.to(torch.float16)
-        self.inputs[idx] = input_ids
+        s = feats.shape[2]  # positions of this batch (trimmed batches: fewer than cached), right-aligned
+        self.feats[idx, :, self.feats.shape[2] - s :] = feats.to(torch.float16)
+        self.u[idx, self.u.shape[1] - s :] = u.to(torch.float16)
+        self.inputs[idx] = self._widen(input_ids)
         self.filled[idx] = True
 
+    def _widen(self, input_ids: Tensor) -> Tensor:
+        """(B, S_b) -> (B, L): a trimmed batch's inputs, left-padded to the cached slots."""
+        return F.pad(input_ids, (self.inputs.shape[1] - input_ids.shape[1], 0))
+
+    def lookup(self, idx: Tensor, input_ids: Tensor, s: int) -> tuple[Tensor, Tensor]:
+        """(B, blocks, s, H) features and (B, s, d_id) user vectors at the last s cached positions (float32)."""
+        self.check(idx, input_ids)
+        return self.feats[idx, :, self.feats.shape[2] - s :].float(), self.u[idx, self.u.shape[1] - s :].float()
+
     def check(self, idx: Tensor, input_ids: Tensor) -> None:
-        stale = (self.inputs[idx] != input_ids).any(1)  # (B,)
+        stale = (self.inputs[idx] != self._widen(input_ids)).any(1)  # (B,)
         if bool(stale.any()):
             bad = idx[stale][:5].tolist()
             raise ValueError(
@@ -164,7 +174,7 @@ class DistillationModel(Recommender):
     def _run_teacher(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """(B, blocks, S, H_t) block features and (B, S, d_id) user vectors at the objective's positions."""
         enc = self.teacher.encode(batch, output_hidden_states=True)
-        gather = lambda x: self.teacher.objective.gather(x, self.teacher.n_slots)  # noqa: E731
+        gather = lambda x: self.teacher.objective.gather(x, enc.n_slots)  # noqa: E731
         feats = torch.stack([gather(enc.layers[i - 1]) for i in self.teacher_layers], dim=1)  # (B, blocks, S, H_t)
         u = self.teacher.user_vectors(gather(enc.final))  # (B, S, d_id)
         return feats.float(), u.float()
@@ -182,8 +192,7 @@ class DistillationModel(Recommender):
         if bool(new.any()):
             sub = {k: v[new] for k, v in batch.items()}
             self.cache.store(idx[new], input_ids[new], *self._run_teacher(sub))
-        self.cache.check(idx, input_ids)
-        return self.cache.feats[idx].float(), self.cache.u[idx].float()
+        return self.cache.lookup(idx, input_ids, self.teacher.objective.n_positions(input_ids.shape[1]))
 
     # -- losses
 
@@ -199,7 +208,7 @@ class DistillationModel(Recommender):
         if not bool(mask.any()):
             raise ValueError(f"batch has no targets for objective {student.objective.name!r}")
         y = labels[mask]  # (N,)
-        gather = lambda x: student.objective.gather(x, student.n_slots)  # noqa: E731  (B, L+R, .) -> (B, S, .)
+        gather = lambda x: student.objective.gather(x, enc.n_slots)  # noqa: E731  (B, S_b+R, .) -> (B, S, .)
 
         t_feats, t_u = self.teacher_features(batch, enc.input_ids, use_cache)  # (B, blocks, S, H_t), (B, S, d_id)
         t_blocks = [t_feats[:, k][mask] for k in range(cfg.blocks)]  # blocks x (N, H_t)

@@ -51,7 +51,7 @@ class LastPosition:
     name = "last"
 
     def gather(self, x: Tensor, n_slots: int) -> Tensor:
-        return x[:, -1:]  # (B, L+R, ...) -> (B, 1, ...)
+        return x[:, -1:]  # (B, S_b+R, ...) -> (B, 1, ...)
 
     def labels(self, input_ids: Tensor, targets: Tensor, target: Tensor) -> Tensor:
         return target[:, None]  # (B, 1); 0 = no target
@@ -69,10 +69,10 @@ class EveryItem:
     name = "all"
 
     def gather(self, x: Tensor, n_slots: int) -> Tensor:
-        return x[:, :n_slots]  # (B, L+R, ...) -> (B, L, ...)
+        return x[:, :n_slots]  # (B, S_b+R, ...) -> (B, S_b, ...)
 
     def labels(self, input_ids: Tensor, targets: Tensor, target: Tensor) -> Tensor:
-        return torch.where(input_ids > 0, targets, torch.zeros_like(targets))  # (B, L); padding never trains
+        return torch.where(input_ids > 0, targets, torch.zeros_like(targets))  # (B, S_b); padding never trains
 
     def user_column(self, n_slots: int) -> int:
         return n_slots - 1  # the user's most recent item (inputs are right-aligned in the item slots)
@@ -131,13 +131,18 @@ class _PrefixKV:
 
 @dataclass
 class Encoded:
-    """Trunk outputs over the suffix positions (L item slots + R response tokens)."""
+    """Trunk outputs over the suffix positions (S_b item slots + R response tokens; S_b = L unless trimmed)."""
 
-    final: Tensor  # (B, L+R, H) after the final norm
-    layers: tuple[Tensor, ...]  # n_layers x (B, L+R, H) un-normed residual stream after each layer; () unless asked
-    input_ids: Tensor  # (B, L) aligned to the model's L item slots
-    targets: Tensor  # (B, L)
+    final: Tensor  # (B, S_b+R, H) after the final norm
+    layers: tuple[Tensor, ...]  # n_layers x (B, S_b+R, H) un-normed residual stream after each layer; () unless asked
+    input_ids: Tensor  # (B, S_b) aligned to the item slots this batch ran
+    targets: Tensor  # (B, S_b)
     target: Tensor  # (B,)
+
+    @property
+    def n_slots(self) -> int:
+        """S_b: item slots of this batch (cfg.max_len, or fewer with trim_slots)."""
+        return self.input_ids.shape[1]
 
 
 # ---------------------------------------------------------------- the model
@@ -209,12 +214,24 @@ class LLMRec(Recommender):
     def n_slots(self) -> int:
         return self.cfg.max_len
 
-    def _align(self, x: Tensor) -> Tensor:
-        """(B, L_batch) left-padded -> (B, L) with L = cfg.max_len: keep the most recent, pad on the left."""
+    def slots_for(self, input_ids: Tensor) -> int:
+        """Item slots a batch runs: cfg.max_len, or (trim_slots) just the batch's longest history, at most max_len.
+
+        Exact either way: pads are masked out of attention and do not count in the positions. At least 1 slot,
+        which a batch of cold users (no history) still needs for the `all` objective's user column."""
+        if not self.cfg.trim_slots:
+            return self.n_slots
+        cols = (input_ids > 0).any(0).nonzero()  # columns holding a real item in some row
+        longest = input_ids.shape[1] - int(cols[0]) if len(cols) else 0
+        return max(1, min(self.n_slots, longest))
+
+    @staticmethod
+    def _align(x: Tensor, width: int) -> Tensor:
+        """(B, L_batch) left-padded -> (B, width): keep the most recent, pad on the left."""
         length = x.shape[1]
-        if length >= self.n_slots:
-            return x[:, length - self.n_slots :]
-        return F.pad(x, (self.n_slots - length, 0))
+        if length >= width:
+            return x[:, length - width :]
+        return F.pad(x, (width - length, 0))
 
     def _run(self, x: Tensor, positions: Tensor, bias: Tensor, cache, collect: bool) -> tuple[Tensor, tuple]:
         """Decoder layers + final norm. x (B, Q, H), positions (B, Q), bias (B, 1, Q, K)."""
@@ -227,27 +244,41 @@ class LLMRec(Recommender):
                 states.append(x)  # (B, Q, H) residual stream after this layer
         return base.norm(x), tuple(states)
 
+    def _prefix_keys_values(self) -> list[tuple[Tensor, Tensor]]:
+        """Every layer's keys/values of the instruction prefix, (1, kv_heads, P, head_dim) each.
+
+        The prefix has the same tokens, positions and (causal, prefix-only) context for every user, so one
+        pass serves a whole batch (prefix_once, with gradients to LoRA) or, merged, every batch."""
+        n_prefix = self.prefix_ids.shape[0]
+        x = self.base.embed_tokens(self.prefix_ids)[None]  # (1, P, H)
+        keep = torch.ones(1, n_prefix, dtype=torch.bool, device=x.device)
+        positions = torch.arange(n_prefix, device=x.device)[None]  # (1, P)
+        record = _RecordKV()
+        self._run(x, positions, attention_bias(keep, n_prefix, x.dtype), record, collect=False)
+        return [record.kv[i] for i in range(len(self.base.layers))]
+
     def encode(self, batch: dict[str, Tensor], output_hidden_states: bool = False) -> Encoded:
-        ids, targets = self._align(batch["input_ids"]), self._align(batch["targets"])  # (B, L)
+        width = self.slots_for(batch["input_ids"])  # S_b <= L item slots this batch runs
+        ids, targets = self._align(batch["input_ids"], width), self._align(batch["targets"], width)  # (B, S_b)
         if int(ids.max()) > self.n_items or int(ids.min()) < 0:
             raise ValueError(f"input_ids outside 0..{self.n_items}: [{int(ids.min())}, {int(ids.max())}]")
         b, dtype = ids.shape[0], self.base.embed_tokens.weight.dtype
-        items = self.input_map(self.item_table[ids]).to(dtype)  # (B, L, H)
+        items = self.input_map(self.item_table[ids]).to(dtype)  # (B, S_b, H)
         response = self.base.embed_tokens(self.response_ids).expand(b, -1, -1)  # (B, R, H)
-        suffix = torch.cat([items, response], dim=1)  # (B, L+R, H)
-        keep_suffix = torch.cat([ids > 0, torch.ones_like(response[..., 0], dtype=torch.bool)], dim=1)  # (B, L+R)
+        suffix = torch.cat([items, response], dim=1)  # (B, S_b+R, H)
+        keep_suffix = torch.cat([ids > 0, torch.ones_like(response[..., 0], dtype=torch.bool)], dim=1)  # (B, S_b+R)
         n_prefix = self.prefix_ids.shape[0]
-        keep = torch.cat([keep_suffix.new_ones(b, n_prefix), keep_suffix], dim=1)  # (B, P+L+R) keys
-        positions = keep.long().cumsum(1) - 1  # (B, P+L+R): real tokens contiguous; pads masked anyway
-        if self._prefix_kv is None:  # full forward: prefix + suffix
+        keep = torch.cat([keep_suffix.new_ones(b, n_prefix), keep_suffix], dim=1)  # (B, P+S_b+R) keys
+        positions = keep.long().cumsum(1) - 1  # (B, P+S_b+R): real tokens contiguous; pads masked anyway
+        if self._prefix_kv is None and not self.cfg.prefix_once:  # prefix + suffix, the prefix once per user
             prefix = self.base.embed_tokens(self.prefix_ids).expand(b, -1, -1)  # (B, P, H)
-            x = torch.cat([prefix, suffix], dim=1)  # (B, P+L+R, H)
+            x = torch.cat([prefix, suffix], dim=1)  # (B, P+S_b+R, H)
             final, layers = self._run(x, positions, attention_bias(keep, x.shape[1], dtype), None, output_hidden_states)
             final, layers = final[:, n_prefix:], tuple(s[:, n_prefix:] for s in layers)
-        else:  # merged: the prefix's keys/values come from the cache
-            bias = attention_bias(keep, suffix.shape[1], dtype)  # (B, 1, L+R, P+L+R)
-            cache = _PrefixKV(self._prefix_kv)
-            final, layers = self._run(suffix, positions[:, n_prefix:], bias, cache, output_hidden_states)
+        else:  # the prefix's keys/values: cached (merged) or computed once for this batch
+            prefix_kv = self._prefix_kv if self._prefix_kv is not None else self._prefix_keys_values()
+            bias = attention_bias(keep, suffix.shape[1], dtype)  # (B, 1, S_b+R, P+S_b+R)
+            final, layers = self._run(suffix, positions[:, n_prefix:], bias, _PrefixKV(prefix_kv), output_hidden_states)
         return Encoded(final, layers, ids, targets, targets[:, -1])
 
     def scores(self, u: Tensor) -> Tensor:
@@ -259,19 +290,19 @@ class LLMRec(Recommender):
         return self.score_head(states.float())
 
     def rows(self, enc: Encoded, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The objective's training rows: states (B, L+R, ...) -> (N, ...) and their labels (N,)."""
+        """The objective's training rows: states (B, S_b+R, ...) -> (N, ...) and their labels (N,)."""
         labels = self.objective.labels(enc.input_ids, enc.targets, enc.target)  # (B, S)
         mask = labels > 0
         if not bool(mask.any()):
             raise ValueError(f"batch has no targets for objective {self.objective.name!r}")
-        return self.objective.gather(x, self.n_slots)[mask], labels[mask]
+        return self.objective.gather(x, enc.n_slots)[mask], labels[mask]
 
     # -- Recommender API
 
     def forward(self, batch: dict[str, Tensor], output_hidden_states: bool = False):
         """u (B, d_id) at the inference position; with output_hidden_states also the per-layer states."""
         enc = self.encode(batch, output_hidden_states)
-        u = self.user_vectors(enc.final[:, self.objective.user_column(self.n_slots)])  # (B, d_id)
+        u = self.user_vectors(enc.final[:, self.objective.user_column(enc.n_slots)])  # (B, d_id)
         return (u, enc.layers) if output_hidden_states else u
 
     def calculate_loss(self, batch: dict[str, Tensor]) -> LossOutput:
@@ -303,13 +334,7 @@ class LLMRec(Recommender):
         if isinstance(self.trunk, PeftModel):
             with _quiet_peft():
                 self.trunk = self.trunk.merge_and_unload()
-        n_prefix = self.prefix_ids.shape[0]
-        x = self.base.embed_tokens(self.prefix_ids)[None]  # (1, P, H)
-        keep = torch.ones(1, n_prefix, dtype=torch.bool, device=x.device)
-        record = _RecordKV()
-        positions = torch.arange(n_prefix, device=x.device)[None]  # (1, P)
-        self._run(x, positions, attention_bias(keep, n_prefix, x.dtype), record, collect=False)
-        self._prefix_kv = [record.kv[i] for i in range(len(self.base.layers))]
+        self._prefix_kv = self._prefix_keys_values()
         return self
 
     # -- bookkeeping

@@ -15,6 +15,7 @@ from slmrec.config import load_params
 from slmrec.serve.history import StoreBusy
 
 EXPECTED = (ValueError, FileNotFoundError, StoreBusy)
+PRECISIONS = ("fp32", "bf16", "int8")  # slmrec.models.inference.INFERENCE_MODES (not imported: CLI start-up)
 
 
 def _fail(command: str, err: BaseException) -> int:
@@ -34,6 +35,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     rec.add_argument("--partition", help="partition label (default: --day, else today's UTC date)")
     rec.add_argument("--duckdb", help="also replace this partition in table `recommendations` of this DuckDB file")
     rec.add_argument("--device", help="override the checkpoint's device (e.g. cpu)")
+    rec.add_argument("--precision", choices=PRECISIONS, help="LLM trunk precision; default: serve.precision")
     rec.add_argument("--params", default="params.yaml")
     rec.add_argument("--root", default=".", help="relative paths in cards and promoted.json resolve against this")
     rec.add_argument("--json", action="store_true")
@@ -69,7 +71,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             raise ValueError(f"--k must be in 1..{params.serve.max_k} (serve.max_k), got {k}")
         partition = args.partition or args.day or dt.datetime.now(dt.timezone.utc).date().isoformat()
         rec = Recommender.load(model_dir_from_args(args, params), args.splits, args.db, root=args.root,
-                               device=args.device, eval_cfg=params.eval, cold_start=params.serve.cold_start)
+                               device=args.device, eval_cfg=params.eval, cold_start=params.serve.cold_start,
+                               precision=args.precision or params.serve.precision)
         summary = run_batch(rec, k, args.out, partition, day=args.day, users_file=args.users,
                             duckdb_file=args.duckdb)
     except EXPECTED as err:
@@ -96,6 +99,7 @@ def add_serve_command(sub: argparse._SubParsersAction) -> None:
     srv.add_argument("--max-batch", type=int, help="micro-batch size (default: serve.max_batch; 1 = no batching)")
     srv.add_argument("--max-wait-ms", type=float, help="micro-batch wait (default: serve.max_wait_ms)")
     srv.add_argument("--cold-start", choices=("error", "popular"), help="default: serve.cold_start")
+    srv.add_argument("--precision", choices=PRECISIONS, help="LLM trunk precision; default: serve.precision")
     srv.add_argument("--poll-seconds", type=float, help="promotion record / store poll (default: serve.reload_poll_seconds)")
     srv.add_argument("--access-log", action="store_true", help="uvicorn's per-request access log (off: it costs)")
     srv.add_argument("--threads", type=int, help="torch intra-op threads of the inference thread (default: torch's; "
@@ -108,7 +112,7 @@ def serve_config(args: argparse.Namespace, params):
 
     cfg = params.serve
     overrides = {"max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "cold_start": args.cold_start,
-                 "reload_poll_seconds": args.poll_seconds, "log_dir": args.log}
+                 "reload_poll_seconds": args.poll_seconds, "log_dir": args.log, "precision": args.precision}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if cfg.max_batch < 1 or cfg.max_wait_ms < 0 or cfg.reload_poll_seconds <= 0 or not 1 <= cfg.k <= cfg.max_k:
         raise ValueError(f"serve: need max_batch >= 1, max_wait_ms >= 0, reload_poll_seconds > 0, 1 <= k <= max_k: {cfg}")
@@ -131,7 +135,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         params = _params(args.params)
         cfg = serve_config(args, params)
         model_dir = model_dir_from_args(args, params)
-        options = dict(root=args.root, device=args.device, eval_cfg=params.eval, cold_start=cfg.cold_start)
+        options = dict(root=args.root, device=args.device, eval_cfg=params.eval, cold_start=cfg.cold_start,
+                       precision=cfg.precision)
         rec = Recommender.load(model_dir, args.splits, args.db, **options)
     except EXPECTED as err:
         return _fail("serve", err)

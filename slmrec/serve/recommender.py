@@ -40,6 +40,7 @@ from slmrec.data.examples import make_eval_examples, to_device
 from slmrec.data.sequences import load_splits
 from slmrec.eval.evaluator import excluded_items, history_mask
 from slmrec.models.base import Recommender as Model
+from slmrec.models.inference import prepare_for_inference
 from slmrec.models.llmrec import LLMRec
 from slmrec.serve.history import HistoryStore
 from slmrec.serve.sources import ModelSources, resolve_sources
@@ -88,8 +89,9 @@ class Answer:
     k: int = 0
 
 
-def load_serving_model(model_pt: str | Path, device: str | None = None) -> Model:
-    """The checkpoint's model on its stored device/dtype (or `device`), in eval mode, LoRA merged."""
+def load_serving_model(model_pt: str | Path, device: str | None = None, precision: str = "fp32") -> Model:
+    """The checkpoint's model on its stored device/dtype (or `device`), in eval mode, LoRA merged, its LLM trunk
+    in `precision` (serve.precision: fp32 | bf16 | int8; only LLM models have a trunk to convert)."""
     ckpt = load_checkpoint(model_pt)
     if device is not None and "llm" in ckpt["model_config"]:
         ckpt["model_config"]["llm"]["device"] = device  # the backbone is built there, in the stored dtype
@@ -97,7 +99,10 @@ def load_serving_model(model_pt: str | Path, device: str | None = None) -> Model
     if device is not None:
         model.to(device)
     if isinstance(model, LLMRec):
-        model.merge_for_inference()
+        prepare_for_inference(model, precision)  # merges LoRA, caches the instruction prefix
+    elif precision != "fp32":
+        raise ValueError(f"serve.precision {precision!r} applies to LLM models; {model_pt} holds a "
+                         f"{type(model).__name__}: serve it with precision fp32")
     return model.eval()
 
 
@@ -144,11 +149,12 @@ class Recommender:
         device: str | None = None,
         eval_cfg: EvalConfig | None = None,
         cold_start: str = "error",
+        precision: str = "fp32",
     ) -> "Recommender":
         sources = resolve_sources(model_dir, splits, db, root)
         split_data = load_splits(sources.splits_dir)  # hash-checked
         seq_cfg = from_dict(SequenceConfig, json.loads((sources.splits_dir / "stats.json").read_text())["config"])
-        model = load_serving_model(sources.model_dir / MODEL_FILE, device)
+        model = load_serving_model(sources.model_dir / MODEL_FILE, device, precision)
         counts = Counter(i for history, target in split_data.test for i in (*history, target))
         total = sum(counts.values())
         popularity = [(i, n / total) for i, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]

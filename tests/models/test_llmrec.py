@@ -195,6 +195,59 @@ def test_prefix_cache_skips_the_instruction_positions():
     assert n_prefix == len("Next item?")
 
 
+SHORT_ROWS = [[1, 2], [3], [], [4, 5, 6]]  # longest history 3 of MAX_LEN = 6 slots, and a cold user
+PLAIN = dict(trim_slots=False, prefix_once=False)  # every slot, the instruction once per user
+
+
+@pytest.mark.parametrize("objective", ["all", "last"])
+@pytest.mark.parametrize("levers", [dict(trim_slots=True, prefix_once=False), dict(trim_slots=False, prefix_once=True),
+                                    dict(trim_slots=True, prefix_once=True)])
+def test_speed_levers_change_nothing_but_float_rounding(objective, levers):
+    """Trimmed slots and a once-per-batch prefix: the plain path's loss, gradients, scores and layer states."""
+    plain = model(objective=objective, lora_dropout=0.0, **PLAIN)
+    randomize_lora(plain)
+    fast = model(objective=objective, lora_dropout=0.0, **levers)
+    fast.load_trainable_state_dict(plain.trainable_state_dict())
+    b = batch_of(SHORT_ROWS)
+    losses = []
+    for m in (plain, fast):
+        m.zero_grad()
+        out = m.calculate_loss(b)
+        out.loss.backward()
+        losses.append(out.loss.detach())
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    grads = {n: p.grad for n, p in plain.named_parameters() if p.requires_grad}
+    assert any(g.abs().sum() > 0 for n, g in grads.items() if "lora_" in n)  # the prefix's gradient reaches LoRA
+    for n, p in fast.named_parameters():
+        if p.requires_grad:
+            scale = float(grads[n].abs().max())  # float rounding: relative to the tensor's largest entry
+            torch.testing.assert_close(p.grad, grads[n], rtol=1e-4, atol=1e-5 * scale + 1e-8, msg=n)
+    with torch.no_grad():
+        for m in (plain, fast):
+            m.eval()
+        torch.testing.assert_close(fast.full_sort_predict(b), plain.full_sort_predict(b), rtol=1e-5, atol=1e-5)
+        (_, fl), (_, pl) = fast(b, output_hidden_states=True), plain(b, output_hidden_states=True)
+        width = 3 if levers["trim_slots"] else MAX_LEN
+        for x, y in zip(fl, pl):  # the trimmed path's states are the last `width` slots (+ response) of the plain one
+            torch.testing.assert_close(x, y[:, MAX_LEN - width :], rtol=1e-4, atol=1e-5)
+
+
+def test_levers_shrink_the_work_of_each_layer():
+    """What each decoder layer runs on in training: (B, P+L+R) plainly; (1, P) and (B, S_b+R) with both levers."""
+    seen = []
+    shapes = {}
+    for name, levers in (("plain", PLAIN), ("fast", dict(trim_slots=True, prefix_once=True))):
+        m = model(**levers)
+        hook = m.base.layers[0].register_forward_hook(lambda mod, args, out: seen.append(tuple(out.shape[:2])))
+        m.calculate_loss(batch_of(SHORT_ROWS))
+        hook.remove()
+        shapes[name], seen = seen, []
+    n_prefix, n_response = m.prefix_ids.shape[0], m.response_ids.shape[0]
+    assert shapes["plain"] == [(4, n_prefix + MAX_LEN + n_response)]
+    assert shapes["fast"] == [(1, n_prefix), (4, 3 + n_response)]
+    assert m.slots_for(batch_of([[], []])["input_ids"]) == 1  # cold users still get the slot the `all` objective reads
+
+
 def test_student_starts_from_the_pretrained_backbone():
     teacher, student = model(role="teacher"), model(role="student")
     assert teacher.n_layers == 4 and student.n_layers == 2

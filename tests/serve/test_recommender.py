@@ -156,3 +156,19 @@ def test_refuses_a_tampered_model_or_foreign_splits(pipeline, tmp_path):
 def test_store_missing_is_a_clear_error(pipeline, tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         Recommender.load(pipeline / "models" / "student", db=tmp_path / "none.duckdb")
+
+
+def test_serving_precision_int8_keeps_the_lists_and_refuses_non_llm_models(pipeline, rec):
+    """serve.precision int8: the trunk's Linear layers quantized, lists close to fp32; SASRec has no trunk."""
+    int8 = Recommender.load(pipeline / "models" / "student", precision="int8")
+    assert "quantized" in type(int8.model.base.layers[0].mlp.down_proj).__module__
+    assert "quantized" not in type(rec.model.base.layers[0].mlp.down_proj).__module__
+    splits = load_splits(pipeline / "splits")
+    overlap = []
+    for u in range(0, splits.n_users, 3):
+        ids = [splits.item_ids[i] for i in splits.test[u][0]]
+        a, b = rec.recommend_history(ids, K).items, int8.recommend_history(ids, K).items
+        overlap.append(len(set(a) & set(b)) / K)
+    assert sum(overlap) / len(overlap) >= 0.8, overlap
+    with pytest.raises(ValueError, match="applies to LLM models"):
+        Recommender.load(pipeline / "models" / "sasrec", precision="int8")

@@ -43,7 +43,8 @@ def recommendations(
     params = pipeline.params()
     day = context.partition_key
     model_dir, record = read_promoted(pipeline.path(params.promotion.record), pipeline.root)
-    rec = Recommender.load(model_dir, root=pipeline.root, eval_cfg=params.eval, cold_start=params.serve.cold_start)
+    rec = Recommender.load(model_dir, root=pipeline.root, eval_cfg=params.eval, cold_start=params.serve.cold_start,
+                           precision=params.serve.precision)
     if rec.model_hash != record["content_hash"]:
         raise dg.Failure(f"{model_dir} hashes to {rec.model_hash[:12]}…, promoted.json records "
                          f"{record['content_hash'][:12]}…: refusing to score with an unpromoted model")
