@@ -60,6 +60,8 @@ ui: install
 bench: install
 	$(BIN)/python bench/bench_data.py
 	$(BIN)/python bench/bench_models.py --profile smol
+	$(BIN)/python bench/bench_levers.py --splits data/splits
+	$(BIN)/python bench/bench_inference.py --splits data/splits --models models
 
 ## Refresh the pinned dependency set after editing pyproject.toml.
 lock:
