@@ -53,9 +53,7 @@ def prepare_for_inference(model: LLMRec, mode: str = "fp32") -> LLMRec:
     if mode not in INFERENCE_MODES:
         raise ValueError(f"inference mode {mode!r} unknown; known: {sorted(INFERENCE_MODES)}")
     model.merge_for_inference()
-    INFERENCE_MODES[mode](model)
-    model._prefix_kv = model._prefix_keys_values()  # noqa: SLF001  (same class family: the cache it owns)
-    return model
+    return INFERENCE_MODES[mode](model).cache_prefix()  # the prefix as the converted trunk computes it
 
 
 __all__ = ["INFERENCE_MODES", "prepare_for_inference"]

@@ -334,6 +334,11 @@ class LLMRec(Recommender):
         if isinstance(self.trunk, PeftModel):
             with _quiet_peft():
                 self.trunk = self.trunk.merge_and_unload()
+        return self.cache_prefix()
+
+    @torch.no_grad()
+    def cache_prefix(self) -> "LLMRec":
+        """(Re)compute the cached instruction-prefix keys/values with the trunk's current weights (in place)."""
         self._prefix_kv = self._prefix_keys_values()
         return self
 
