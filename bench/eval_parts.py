@@ -1,0 +1,113 @@
+"""Evaluate models one process each, then one table with paired-bootstrap CIs (big datasets on few cores).
+
+`slmrec evaluate` scores every model in one process, in the split's user order. On Amazon Beauty an LLM
+model's pass over 22,363 users then runs most batches at the full L = 30 item slots, because a random
+batch of 64 users almost always holds one long history. Here each model is scored in its own process
+(run them side by side), with the users ordered by history length: `llm.trim_slots` then runs each batch
+only as wide as its own users (median history 3 items), and the ranks are put back in user order, so the
+full-ranking metrics and their CIs are exactly what `slmrec evaluate` computes up to float rounding.
+(The sampled-negative columns are drawn batch after batch, so they are a different, equally valid draw.)
+
+    python bench/eval_parts.py score --params P --splits S --model teacher=DIR --split test --out runs/x/teacher.pt
+    python bench/eval_parts.py table --params P --splits S --parts runs/x/sasrec.pt runs/x/teacher.pt ... \
+        --out runs/x/metrics.json --table runs/x/results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pickle
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from slmrec.config import load_params
+from slmrec.data.examples import Examples, lengths, make_eval_examples
+from slmrec.data.sequences import load_splits
+from slmrec.eval.evaluator import evaluate, protocol_text, results_table
+from slmrec.lineage import atomic_write_text
+from slmrec.models.checkpoint import load_model
+from slmrec.models.llmrec import LLMRec
+from slmrec.stages.models import COMPARISONS, MODEL_FILE, _comparisons
+
+
+def permuted(examples: Examples, order: torch.Tensor) -> Examples:
+    history = examples.history[order] if examples.history is not None else None
+    return Examples(examples.input_ids[order], examples.targets[order], examples.user[order], history)
+
+
+def score(args: argparse.Namespace) -> None:
+    params, splits = load_params(args.params), load_splits(args.splits)
+    name, model_dir = args.model.split("=", 1)
+    model = load_model(Path(model_dir) / MODEL_FILE)
+    if isinstance(model, LLMRec):
+        model.merge_for_inference()
+    pairs = splits.test if args.split == "test" else splits.valid
+    examples = make_eval_examples(pairs, model.cfg.max_len)
+    order = torch.argsort(lengths(examples), stable=True)  # (N,) shortest history first
+    cfg = params.eval if args.split == "test" else dataclasses.replace(params.eval, sampled_negatives=0)
+    t0 = time.perf_counter()
+    res = evaluate(model, permuted(examples, order), cfg, batch_size=params.train_llm.eval_batch_size)
+    back = torch.argsort(order).numpy()  # ranks in the split's user order again
+    res.ranks = res.ranks[back]
+    if res.sampled_ranks is not None:
+        res.sampled_ranks = res.sampled_ranks[back]
+    print(f"{name} ({args.split}): ndcg@10 {res.metrics['ndcg@10']:.4f} hr@10 {res.metrics['hr@10']:.4f} "
+          f"mrr {res.metrics['mrr']:.4f}, {res.n_users} users, {time.perf_counter() - t0:.1f} s", flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_bytes(pickle.dumps({"name": name, "model_dir": model_dir, "split": args.split, "result": res}))
+    os.replace(tmp, out)  # atomic: a killed run leaves no half-written part
+
+
+def table(args: argparse.Namespace) -> None:
+    params, splits = load_params(args.params), load_splits(args.splits)
+    parts = [pickle.loads(Path(p).read_bytes()) for p in args.parts]
+    if len({p["split"] for p in parts}) != 1:
+        raise ValueError("table: every part must come from the same split")
+    results = {p["name"]: p["result"] for p in parts}
+    pairs = [(a, b) for a, b in COMPARISONS if a in results and b in results]
+    md = results_table(results, comparisons=pairs, n_boot=params.eval.bootstrap, seed=params.eval.seed,
+                       dataset_hash=splits.dataset_hash)
+    first = parts[0]["result"]
+    summary = {
+        "split": parts[0]["split"],
+        "protocol": {**first.protocol, "text": protocol_text(params.eval)},
+        "n_users": first.n_users,
+        "dataset_hash": splits.dataset_hash,
+        "models": {p["name"]: {"dir": p["model_dir"], **{k: round(v, 6) for k, v in p["result"].metrics.items()},
+                               "users_per_s": round(p["result"].users_per_s, 2)} for p in parts},
+        "comparisons": _comparisons(results, pairs, params),
+    }
+    atomic_write_text(args.out, json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(args.table, md)
+    print(md)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("score")
+    s.add_argument("--params", required=True)
+    s.add_argument("--splits", required=True)
+    s.add_argument("--model", required=True, help="NAME=DIR")
+    s.add_argument("--split", choices=["test", "valid"], default="test")
+    s.add_argument("--out", required=True)
+    t = sub.add_parser("table")
+    t.add_argument("--params", required=True)
+    t.add_argument("--splits", required=True)
+    t.add_argument("--parts", nargs="+", required=True)
+    t.add_argument("--out", required=True)
+    t.add_argument("--table", required=True)
+    args = ap.parse_args(argv)
+    {"score": score, "table": table}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
