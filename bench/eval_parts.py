@@ -11,6 +11,7 @@ full-ranking metrics and their CIs are exactly what `slmrec evaluate` computes u
     python bench/eval_parts.py score --params P --splits S --model teacher=DIR --split test --out runs/x/teacher.pt
     python bench/eval_parts.py table --params P --splits S --parts runs/x/sasrec.pt runs/x/teacher.pt ... \
         --out runs/x/metrics.json --table runs/x/results.md
+    python bench/eval_parts.py seeds --params P --pair student=s42.pt,s43.pt:student_nokd=n42.pt,n43.pt
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from slmrec.config import load_params
 from slmrec.data.examples import Examples, lengths, make_eval_examples
 from slmrec.data.sequences import load_splits
 from slmrec.eval.evaluator import evaluate, protocol_text, results_table
+from slmrec.eval.metrics import per_user_metric
 from slmrec.lineage import atomic_write_text
 from slmrec.models.checkpoint import load_model
 from slmrec.models.llmrec import LLMRec
@@ -90,6 +93,29 @@ def table(args: argparse.Namespace) -> None:
     print(md)
 
 
+def seeds(args: argparse.Namespace) -> None:
+    """Seed-averaged comparison: each user's metric averaged over a model's seeds (parts), then the paired
+    bootstrap over users of the difference of those means (the same resampling as paired_bootstrap)."""
+    params = load_params(args.params)
+
+    def mean_over_seeds(spec: str) -> tuple[str, np.ndarray]:
+        name, paths = spec.split("=", 1)
+        per_seed = [per_user_metric(pickle.loads(Path(p).read_bytes())["result"].ranks, args.metric) for p in paths.split(",")]
+        return name, np.mean(per_seed, axis=0)  # (U,)
+
+    rows = []
+    for pair in args.pair:
+        (a, va), (b, vb) = (mean_over_seeds(x) for x in pair.split(":", 1))
+        d = va - vb  # (U,)
+        rng = np.random.default_rng(params.eval.seed)
+        means = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(params.eval.bootstrap)])
+        lo, hi = np.percentile(means, [2.5, 97.5])
+        star = " *" if lo > 0 or hi < 0 else ""
+        rows.append(f"| {a} − {b} | {va.mean():.4f} | {vb.mean():.4f} | {d.mean():+.4f} [{lo:+.4f}, {hi:+.4f}]{star} |")
+    print(f"| comparison ({args.metric}, per-user mean over seeds) | a | b | a − b, 95% CI |\n|---|---|---|---|")
+    print("\n".join(rows))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -105,8 +131,13 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--parts", nargs="+", required=True)
     t.add_argument("--out", required=True)
     t.add_argument("--table", required=True)
+    d = sub.add_parser("seeds")
+    d.add_argument("--params", required=True)
+    d.add_argument("--metric", default="ndcg@10")
+    d.add_argument("--pair", action="append", required=True,
+                   help="A=part,part:B=part,part (the parts of one model = its seeds, same users)")
     args = ap.parse_args(argv)
-    {"score": score, "table": table}[args.cmd](args)
+    {"score": score, "table": table, "seeds": seeds}[args.cmd](args)
 
 
 if __name__ == "__main__":
