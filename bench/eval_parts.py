@@ -44,6 +44,17 @@ def permuted(examples: Examples, order: torch.Tensor) -> Examples:
     return Examples(examples.input_ids[order], examples.targets[order], examples.user[order], history)
 
 
+def evaluate_by_length(model, examples: Examples, cfg, batch_size: int):
+    """`evaluate` with the users batched shortest history first; ranks returned in `examples`' order."""
+    order = torch.argsort(lengths(examples), stable=True)  # (N,) shortest history first
+    res = evaluate(model, permuted(examples, order), cfg, batch_size=batch_size)
+    back = torch.argsort(order).numpy()  # ranks in the split's user order again
+    res.ranks = res.ranks[back]
+    if res.sampled_ranks is not None:
+        res.sampled_ranks = res.sampled_ranks[back]
+    return res
+
+
 def score(args: argparse.Namespace) -> None:
     params, splits = load_params(args.params), load_splits(args.splits)
     name, model_dir = args.model.split("=", 1)
@@ -52,14 +63,9 @@ def score(args: argparse.Namespace) -> None:
         model.merge_for_inference()
     pairs = splits.test if args.split == "test" else splits.valid
     examples = make_eval_examples(pairs, model.cfg.max_len)
-    order = torch.argsort(lengths(examples), stable=True)  # (N,) shortest history first
     cfg = params.eval if args.split == "test" else dataclasses.replace(params.eval, sampled_negatives=0)
     t0 = time.perf_counter()
-    res = evaluate(model, permuted(examples, order), cfg, batch_size=params.train_llm.eval_batch_size)
-    back = torch.argsort(order).numpy()  # ranks in the split's user order again
-    res.ranks = res.ranks[back]
-    if res.sampled_ranks is not None:
-        res.sampled_ranks = res.sampled_ranks[back]
+    res = evaluate_by_length(model, examples, cfg, batch_size=params.train_llm.eval_batch_size)
     print(f"{name} ({args.split}): ndcg@10 {res.metrics['ndcg@10']:.4f} hr@10 {res.metrics['hr@10']:.4f} "
           f"mrr {res.metrics['mrr']:.4f}, {res.n_users} users, {time.perf_counter() - t0:.1f} s", flush=True)
     out = Path(args.out)
