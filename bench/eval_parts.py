@@ -55,9 +55,16 @@ def evaluate_by_length(model, examples: Examples, cfg, batch_size: int):
     return res
 
 
+def name_and_value(spec: str, flag: str) -> tuple[str, str]:
+    name, sep, value = spec.partition("=")
+    if not (name and sep and value):
+        raise SystemExit(f"eval_parts: {flag} expects NAME=VALUE, got {spec!r}")
+    return name, value
+
+
 def score(args: argparse.Namespace) -> None:
     params, splits = load_params(args.params), load_splits(args.splits)
-    name, model_dir = args.model.split("=", 1)
+    name, model_dir = name_and_value(args.model, "--model")
     model = load_model(Path(model_dir) / MODEL_FILE)
     if isinstance(model, LLMRec):
         model.merge_for_inference()
@@ -71,15 +78,16 @@ def score(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_bytes(pickle.dumps({"name": name, "model_dir": model_dir, "split": args.split, "result": res}))
+    tmp.write_bytes(pickle.dumps({"name": name, "model_dir": model_dir, "split": args.split, "dataset_hash": splits.dataset_hash, "result": res}))
     os.replace(tmp, out)  # atomic: a killed run leaves no half-written part
 
 
 def table(args: argparse.Namespace) -> None:
     params, splits = load_params(args.params), load_splits(args.splits)
     parts = [pickle.loads(Path(p).read_bytes()) for p in args.parts]
-    if len({p["split"] for p in parts}) != 1:
-        raise ValueError("table: every part must come from the same split")
+    if len({(p["split"], p.get("dataset_hash")) for p in parts}) != 1:
+        raise SystemExit("eval_parts table: every part must come from the same split of the same dataset "
+                         f"(got {sorted({(p['split'], str(p.get('dataset_hash'))[:12]) for p in parts})})")
     results = {p["name"]: p["result"] for p in parts}
     pairs = [(a, b) for a, b in COMPARISONS if a in results and b in results]
     md = results_table(results, comparisons=pairs, n_boot=params.eval.bootstrap, seed=params.eval.seed,
@@ -105,13 +113,15 @@ def seeds(args: argparse.Namespace) -> None:
     params = load_params(args.params)
 
     def mean_over_seeds(spec: str) -> tuple[str, np.ndarray]:
-        name, paths = spec.split("=", 1)
+        name, paths = name_and_value(spec, "--pair")
         per_seed = [per_user_metric(pickle.loads(Path(p).read_bytes())["result"].ranks, args.metric) for p in paths.split(",")]
         return name, np.mean(per_seed, axis=0)  # (U,)
 
     rows = []
     for pair in args.pair:
-        (a, va), (b, vb) = (mean_over_seeds(x) for x in pair.split(":", 1))
+        if pair.count(":") != 1:
+            raise SystemExit(f"eval_parts: --pair expects A=parts:B=parts, got {pair!r}")
+        (a, va), (b, vb) = (mean_over_seeds(x) for x in pair.split(":"))
         d = va - vb  # (U,)
         rng = np.random.default_rng(params.eval.seed)
         means = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(params.eval.bootstrap)])
