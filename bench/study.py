@@ -128,10 +128,12 @@ def table(args: argparse.Namespace) -> int:
         if not tj.exists():
             continue  # still training (or failed): no row until its train.json is written
         sets = " ".join(f"`{s}`" for s in meta["set"]) or "—"
+        if Path(meta["params"]).name != "params.yaml":  # a profile file, not the demo's params
+            sets = f"`{meta['params']}`" + ("" if sets == "—" else f" + {sets}")
         if meta["teacher"]:
             sets += f" (teacher: `{meta['teacher']}`)"
         rows.append((meta["name"], meta["model"], sets, *curve(tj)))
-    print("| run | model | change vs params.yaml | valid NDCG@10 per epoch | best (epoch) | s/epoch |")
+    print("| run | model | change vs params.yaml (or the profile it starts from) | valid NDCG@10 per epoch | best (epoch) | s/epoch |")
     print("|---|---|---|---|---|---:|")
     for name, model, sets, values, best, spe in rows:
         per_epoch = " / ".join(f"{v:.4f}" for v in values)
