@@ -47,9 +47,9 @@ def full_backbone(student: LLMRec) -> LLMRec:
     return LLMRec(cfg, n_full, student.item_table.clone())
 
 
-def build(name: str, mode: str, models_dir: Path) -> LLMRec:
+def build(name: str, mode: str, models_dir: Path, first: str = "student") -> LLMRec:
     if name == "full backbone":
-        model = full_backbone(load_model(models_dir / "student" / "model.pt"))
+        model = full_backbone(load_model(models_dir / first / "model.pt"))
     else:
         model = load_model(models_dir / name / "model.pt")
     return prepare_for_inference(model.eval(), mode)
@@ -65,6 +65,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--trained", nargs="+", default=list(TRAINED),
+                    help="model dirs under --models to measure (the first one's config builds the full backbone)")
+    ap.add_argument("--modes", nargs="+", default=list(INFERENCE_MODES), choices=list(INFERENCE_MODES))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -72,15 +75,17 @@ def main() -> None:
     params = load_params(args.params)
     eval_cfg = dataclasses.replace(params.eval, sampled_negatives=0)
     splits = load_splits(args.splits)
-    student_cfg = load_model(args.models / "student" / "model.pt").cfg
+    trained = tuple(args.trained)
+    student_cfg = load_model(args.models / trained[0] / "model.pt").cfg
     test = make_eval_examples(splits.test, student_cfg.max_len)
     speed_set = make_eval_examples(splits.test[: args.speed_users], student_cfg.max_len)
 
-    rows = [(name, mode) for name in (*TRAINED, "full backbone") for mode in INFERENCE_MODES]
+    modes = ("fp32", *[m for m in args.modes if m != "fp32"])  # fp32 always: the reference of every Δ
+    rows = [(name, mode) for name in (*trained, "full backbone") for mode in modes]
     models, accuracy = {}, {}
     for name, mode in rows:
-        models[name, mode] = build(name, mode, args.models)
-        if name in TRAINED:
+        models[name, mode] = build(name, mode, args.models, trained[0])
+        if name in trained:
             res = evaluate(models[name, mode], test, eval_cfg, batch_size=args.batch_size)
             accuracy[name, mode] = res
             print(f"  accuracy {name} {mode}: ndcg@10 {res.metrics['ndcg@10']:.4f}", flush=True)
@@ -95,11 +100,12 @@ def main() -> None:
 
     lines = [
         f"Command: `.venv/bin/python bench/bench_inference.py --splits {args.splits} --models {args.models} "
-        f"--speed-users {args.speed_users} --rounds {args.rounds} --batch-size {args.batch_size}`; "
+        f"--speed-users {args.speed_users} --rounds {args.rounds} --batch-size {args.batch_size} "
+        f"--trained {' '.join(trained)} --modes {' '.join(modes)}`; "
         f"{time.time() - t0:.0f} s; {args.threads} torch threads; load average at start {'/'.join(load0)}, "
         f"end {'/'.join(load1)}.",
         "",
-        f"Accuracy: {len(test)} test users, {accuracy['student', 'fp32'].protocol['full']}; CI = paired bootstrap "
+        f"Accuracy: {len(test)} test users, {accuracy[trained[0], 'fp32'].protocol['full']}; CI = paired bootstrap "
         f"95% of the NDCG@10 difference to the same model in fp32. Speed: users/s of full_sort_predict on "
         f"{len(speed_set)} test users, batch {args.batch_size}, median of {args.rounds} interleaved rounds; "
         "speed-up = median of within-round ratios to the full backbone in fp32.",
@@ -122,6 +128,13 @@ def main() -> None:
             acc = "— | — | — (untrained: timing only)"
         lines.append(f"| {name} | {m.n_layers} | {mode} | {acc} | {statistics.median(vals):,.1f} | "
                      f"{', '.join(f'{v:,.1f}' for v in vals)} | {ratio:.2f}× |")
+    if len(trained) > 1:  # each further model against the first one in fp32 (e.g. a shallower student)
+        lines += ["", f"| model, mode | Δ NDCG@10 vs {trained[0]} fp32 [95% CI] |", "|---|---|"]
+        for name, mode in rows:
+            if name in trained[1:]:
+                ci = paired_bootstrap(accuracy[name, mode].ranks, accuracy[trained[0], "fp32"].ranks, "ndcg@10",
+                                      n_boot=params.eval.bootstrap, seed=params.eval.seed)
+                lines.append(f"| {name}, {mode} | {ci['diff']:+.4f} [{ci['lo']:+.4f}, {ci['hi']:+.4f}] |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
