@@ -76,6 +76,10 @@ def main() -> None:
     eval_cfg = dataclasses.replace(params.eval, sampled_negatives=0)
     splits = load_splits(args.splits)
     trained = tuple(args.trained)
+    missing = [n for n in trained if not (args.models / n / "model.pt").is_file()]
+    if missing or "full backbone" in trained:
+        raise SystemExit(f"bench_inference: --trained {missing or ['full backbone']}: no model.pt under {args.models} "
+                         "(each name is a model directory there; 'full backbone' is built, not loaded)")
     student_cfg = load_model(args.models / trained[0] / "model.pt").cfg
     test = make_eval_examples(splits.test, student_cfg.max_len)
     speed_set = make_eval_examples(splits.test[: args.speed_users], student_cfg.max_len)
