@@ -16,6 +16,7 @@ on test once (bench/eval_parts.py).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -27,12 +28,13 @@ from pathlib import Path
 import yaml
 
 from slmrec.config import Params, load_params
+from slmrec.eval.evaluator import protocol_text
 from slmrec.lineage import atomic_write_text
 
 
 def with_overrides(base: dict, sets: list[str]) -> dict:
     """A deep copy of `base` with each `group.key=value` applied (value parsed as YAML)."""
-    out = json.loads(json.dumps(base))
+    out = copy.deepcopy(base)
     for spec in sets:
         key, sep, raw = spec.partition("=")
         parts = key.split(".")
@@ -41,13 +43,7 @@ def with_overrides(base: dict, sets: list[str]) -> dict:
         group, name = parts
         if group not in out or not isinstance(out[group], dict):
             raise SystemExit(f"--set {spec!r}: params has no group {group!r} (groups: {sorted(out)})")
-        value = yaml.safe_load(raw)
-        if isinstance(value, str):
-            try:
-                value = float(value)  # PyYAML reads `3e-4` (no dot) as a string
-            except ValueError:
-                pass
-        check_type(group, name, value)
+        value = check_type(group, name, yaml.safe_load(raw))
         out[group][name] = value
     return out
 
@@ -70,15 +66,22 @@ def _fits(value, hint) -> bool:
     return isinstance(value, hint)
 
 
-def check_type(group: str, name: str, value) -> None:
+def check_type(group: str, name: str, value):
+    """`value` as the field `group.name` takes it; a value of another type exits naming the expected one."""
     groups = typing.get_type_hints(Params)
     if group not in groups:
         raise SystemExit(f"--set {group}.{name}: params.yaml has no typed group {group!r}")
     fields = typing.get_type_hints(groups[group])
     if name not in fields:
         raise SystemExit(f"--set {group}.{name}: {group} has no key {name!r} (keys: {sorted(fields)})")
+    if isinstance(value, str) and not _fits(value, fields[name]) and _fits(1.0, fields[name]):
+        try:
+            value = float(value)  # PyYAML reads `3e-4` (no dot) as a string
+        except ValueError:
+            pass  # not a number either: the check below names the expected type
     if not _fits(value, fields[name]):
         raise SystemExit(f"--set {group}.{name}={value!r}: expected {fields[name]}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,14 +128,17 @@ def table(args: argparse.Namespace) -> int:
     for meta_path in sorted(Path(args.runs).glob("*/*.run.json")):
         meta = json.loads(meta_path.read_text())
         tj = meta_path.parent / "models" / meta["model"] / "train.json"
-        if not tj.exists():
-            continue  # still training (or failed): no row until its train.json is written
+        if not tj.exists():  # still training (or failed): no row until its train.json is written
+            print(f"study table: {meta['name']} ({meta['model']}) has no train.json yet: not in the table", file=sys.stderr)
+            continue
         sets = " ".join(f"`{s}`" for s in meta["set"]) or "—"
         if Path(meta["params"]).name != "params.yaml":  # a profile file, not the demo's params
             sets = f"`{meta['params']}`" + ("" if sets == "—" else f" + {sets}")
         if meta["teacher"]:
             sets += f" (teacher: `{meta['teacher']}`)"
         rows.append((meta["name"], meta["model"], sets, *curve(tj)))
+    print("Validation NDCG@10 per epoch from each run's train.json (the split's validation users, "
+          f"{protocol_text(load_params(args.params).eval)}); best = the checkpoint each run keeps; test not read.\n")
     print("| run | model | change vs params.yaml (or the profile it starts from) | valid NDCG@10 per epoch | best (epoch) | s/epoch |")
     print("|---|---|---|---|---|---:|")
     for name, model, sets, values, best, spe in rows:
@@ -156,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("table", help="validation table of every run under --runs")
     t.add_argument("--runs", default="runs/study")
     t.add_argument("--baseline", default=None, help="models dir of the demo run (its rows first)")
+    t.add_argument("--params", default="params.yaml", help="its eval section names the protocol")
     args = p.parse_args(argv)
     return run(args) if args.cmd == "run" else table(args)
 
