@@ -82,12 +82,18 @@ def score(args: argparse.Namespace) -> None:
     os.replace(tmp, out)  # atomic: a killed run leaves no half-written part
 
 
+def load_parts(paths: list[str], cmd: str) -> list[dict]:
+    """Parts written by `score`; all of one split of one dataset, else a clear error."""
+    parts = [pickle.loads(Path(p).read_bytes()) for p in paths]
+    if len({(p["split"], p.get("dataset_hash")) for p in parts}) != 1:
+        raise SystemExit(f"eval_parts {cmd}: every part must come from the same split of the same dataset "
+                         f"(got {sorted({(p['split'], str(p.get('dataset_hash'))[:12]) for p in parts})})")
+    return parts
+
+
 def table(args: argparse.Namespace) -> None:
     params, splits = load_params(args.params), load_splits(args.splits)
-    parts = [pickle.loads(Path(p).read_bytes()) for p in args.parts]
-    if len({(p["split"], p.get("dataset_hash")) for p in parts}) != 1:
-        raise SystemExit("eval_parts table: every part must come from the same split of the same dataset "
-                         f"(got {sorted({(p['split'], str(p.get('dataset_hash'))[:12]) for p in parts})})")
+    parts = load_parts(args.parts, "table")
     results = {p["name"]: p["result"] for p in parts}
     pairs = [(a, b) for a, b in COMPARISONS if a in results and b in results]
     md = results_table(results, comparisons=pairs, n_boot=params.eval.bootstrap, seed=params.eval.seed,
@@ -112,22 +118,32 @@ def seeds(args: argparse.Namespace) -> None:
     bootstrap over users of the difference of those means (the same resampling as paired_bootstrap)."""
     params = load_params(args.params)
 
-    def mean_over_seeds(spec: str) -> tuple[str, np.ndarray]:
-        name, paths = name_and_value(spec, "--pair")
-        per_seed = [per_user_metric(pickle.loads(Path(p).read_bytes())["result"].ranks, args.metric) for p in paths.split(",")]
-        return name, np.mean(per_seed, axis=0)  # (U,)
-
-    rows = []
+    specs = []
     for pair in args.pair:
         if pair.count(":") != 1:
             raise SystemExit(f"eval_parts: --pair expects A=parts:B=parts, got {pair!r}")
-        (a, va), (b, vb) = (mean_over_seeds(x) for x in pair.split(":"))
+        specs.append([name_and_value(x, "--pair") for x in pair.split(":")])
+    paths = sorted({p for pair in specs for _, ps in pair for p in ps.split(",")})
+    parts = dict(zip(paths, load_parts(paths, "seeds")))  # each part read once, all of one split
+
+    def mean_over_seeds(paths: str) -> np.ndarray:
+        per_seed = [per_user_metric(parts[p]["result"].ranks, args.metric) for p in paths.split(",")]
+        return np.mean(per_seed, axis=0)  # (U,)
+
+    rows = []
+    for (a, pa), (b, pb) in specs:
+        va, vb = mean_over_seeds(pa), mean_over_seeds(pb)
         d = va - vb  # (U,)
         rng = np.random.default_rng(params.eval.seed)
         means = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(params.eval.bootstrap)])
         lo, hi = np.percentile(means, [2.5, 97.5])
         star = " *" if lo > 0 or hi < 0 else ""
         rows.append(f"| {a} − {b} | {va.mean():.4f} | {vb.mean():.4f} | {d.mean():+.4f} [{lo:+.4f}, {hi:+.4f}]{star} |")
+    first = next(iter(parts.values()))
+    print(f"Protocol: {protocol_text(params.eval)}; split {first['split']}; {first['result'].n_users} users; dataset "
+          f"hash {str(first.get('dataset_hash'))[:12]}; each user's {args.metric} averaged over a model's seeds, "
+          f"then paired bootstrap over users, {params.eval.bootstrap} resamples, seed {params.eval.seed}; "
+          "* = CI excludes 0.\n")
     print(f"| comparison ({args.metric}, per-user mean over seeds) | a | b | a − b, 95% CI |\n|---|---|---|---|")
     print("\n".join(rows))
 
