@@ -80,6 +80,10 @@ class LLMRecConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_targets: list[str] = field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])
+    # what the model makes of the frozen item table, read and scored (slmrec/models/item_adapters.py):
+    # none (the paper) | residual_mlp (a shared correction, item_adapter_hidden wide) | offset (a vector per item)
+    item_adapter: str = "none"
+    item_adapter_hidden: int = 64
     dtype: str = "auto"  # auto = bf16 on cuda, float32 elsewhere (bfloat16 on a CPU with AVX-512 BF16: a lever)
     device: str = "auto"  # auto = cuda > mps > cpu
     # speed levers that change nothing but float rounding (bench/bench_levers.py measures each):

@@ -37,7 +37,7 @@ FP16_MAX = torch.finfo(torch.float16).max
 
 
 def state_hash(model: LLMRec) -> str:
-    """sha256 of an LLMRec's config and what it learned (LoRA, input map, score head) + its item table.
+    """sha256 of an LLMRec's config and what it learned (LoRA, input map, score head, item adapter) + its item table.
 
     The frozen base weights are fixed by the config (backbone profile/source). Independent of
     requires_grad, so a teacher hashes the same before and after the distiller freezes it.
@@ -45,7 +45,7 @@ def state_hash(model: LLMRec) -> str:
     learned = {
         name: tensor
         for name, tensor in model.state_dict().items()
-        if ".lora_" in name or name.split(".")[0] in ("input_map", "score_head", "item_table")
+        if ".lora_" in name or name.split(".")[0] in ("input_map", "score_head", "item_table", "item_adapter")
     }
     h = hashlib.sha256(json.dumps(model.config_dict(), sort_keys=True, default=str).encode())
     for name, tensor in sorted(learned.items()):
@@ -225,7 +225,7 @@ class DistillationModel(Recommender):
                 if len(self.heads)
                 else logits.new_zeros(())  # blocks = 1: no intermediate block (then lambda_ms must be 0)
             ),
-            "kl": logit_kl(logits, student.scores(t_u[mask]), cfg.temperature),
+            "kl": logit_kl(logits, self.teacher.scores(t_u[mask]), cfg.temperature),  # each over its own item vectors
         }
         terms["total"] = (
             terms["ce"]

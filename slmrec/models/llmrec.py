@@ -1,9 +1,10 @@
 """E4SRec-style item-ID recommender over a truncated LLM: the teacher and the student (DESIGN.md §3).
 
-    frozen item table (SASRec's)  ->  trainable Linear(d_id -> hidden)  ->  item vectors
+    frozen item table (SASRec's)  ->  item adapter (identity unless llm.item_adapter)  ->  table E
+    E  ->  trainable Linear(d_id -> hidden)  ->  item vectors
     [instruction tokens | item vectors of the last L items | response tokens]  ->  LLM trunk + LoRA
     -> hidden state at the objective's positions  ->  Linear(hidden -> d_id, no bias) = u
-    -> scores u . e_item over the same frozen table (column 0 = -inf)  ->  cross-entropy over all items
+    -> scores u . e_item over the same table E (column 0 = -inf)  ->  cross-entropy over all items
 
 Teacher and student are the same class; they differ in the number of decoder layers kept from
 the *pretrained* backbone (`LLMRec.build(cfg, "teacher" | "student", item_table)`).
@@ -41,6 +42,7 @@ from torch import Tensor, nn
 from slmrec.config import LLMRecConfig, from_dict, to_dict
 from slmrec.models.backbones import DTYPE_NAMES, Backbone, load_backbone
 from slmrec.models.base import LossOutput, Recommender, mask_padding_column
+from slmrec.models.item_adapters import build_item_adapter
 
 # ---------------------------------------------------------------- objectives
 
@@ -188,6 +190,8 @@ class LLMRec(Recommender):
         )
         with _quiet_peft():
             self.trunk: nn.Module = get_peft_model(backbone.model, lora)  # only the LoRA weights train
+        # built last: `none` draws no random numbers, so the other parts initialise as without adapters
+        self.item_adapter = build_item_adapter(cfg.item_adapter, item_table.shape[0], self.d_id, cfg.item_adapter_hidden)
         self._prefix_kv: list[tuple[Tensor, Tensor]] | None = None  # set by merge_for_inference
         self.to(backbone.device)
 
@@ -263,7 +267,7 @@ class LLMRec(Recommender):
         if int(ids.max()) > self.n_items or int(ids.min()) < 0:
             raise ValueError(f"input_ids outside 0..{self.n_items}: [{int(ids.min())}, {int(ids.max())}]")
         b, dtype = ids.shape[0], self.base.embed_tokens.weight.dtype
-        items = self.input_map(self.item_table[ids]).to(dtype)  # (B, S_b, H)
+        items = self.input_map(self.items()[ids]).to(dtype)  # (B, S_b, H)
         response = self.base.embed_tokens(self.response_ids).expand(b, -1, -1)  # (B, R, H)
         suffix = torch.cat([items, response], dim=1)  # (B, S_b+R, H)
         keep_suffix = torch.cat([ids > 0, torch.ones_like(response[..., 0], dtype=torch.bool)], dim=1)  # (B, S_b+R)
@@ -281,9 +285,13 @@ class LLMRec(Recommender):
             final, layers = self._run(suffix, positions[:, n_prefix:], bias, _PrefixKV(prefix_kv), output_hidden_states)
         return Encoded(final, layers, ids, targets, targets[:, -1])
 
+    def items(self) -> Tensor:
+        """The item vectors the model reads and scores against: the adapted frozen table, (n_items + 1, d_id)."""
+        return self.item_adapter(self.item_table)
+
     def scores(self, u: Tensor) -> Tensor:
         """u (N, d_id) -> (N, n_items + 1) dot products with every item; column 0 = -inf."""
-        return mask_padding_column(u @ self.item_table.T)
+        return mask_padding_column(u @ self.items().T)
 
     def user_vectors(self, states: Tensor) -> Tensor:
         """Trunk states (..., H) -> u (..., d_id), in float32."""
@@ -318,7 +326,7 @@ class LLMRec(Recommender):
 
     def predict(self, batch: dict[str, Tensor], items: Tensor) -> Tensor:
         u = self.forward(batch)  # (B, d_id)
-        return (self.item_table[items] * u[:, None]).sum(-1)  # (B, K)
+        return (self.items()[items] * u[:, None]).sum(-1)  # (B, K)
 
     # -- inference
 

@@ -42,12 +42,22 @@ def randomize_lora(m: LLMRec, seed=1) -> None:
                 p.copy_(0.2 * torch.randn(p.shape, generator=g))
 
 
-def pair(objective="all", seed=0) -> tuple[LLMRec, LLMRec]:
-    """A 'trained' 4-layer teacher (random LoRA) and a fresh 2-layer student."""
+def randomize_adapter(m: LLMRec, seed=2) -> None:
+    """Trainable item adapters start as the identity: give them weights so they change the item vectors."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.item_adapter.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=g))
+
+
+def pair(objective="all", seed=0, adapters=("none", "none")) -> tuple[LLMRec, LLMRec]:
+    """A 'trained' 4-layer teacher (random LoRA and item adapter) and a fresh 2-layer student."""
     torch.manual_seed(seed)
-    teacher = LLMRec.build(cfg(objective=objective), "teacher", table())
+    teacher = LLMRec.build(cfg(objective=objective, item_adapter=adapters[0]), "teacher", table())
     randomize_lora(teacher)
-    student = LLMRec.build(cfg(objective=objective), "student", table())
+    randomize_adapter(teacher)
+    student = LLMRec.build(cfg(objective=objective, item_adapter=adapters[1]), "student", table())
+    randomize_adapter(student, seed=3)
     return teacher, student
 
 
@@ -135,8 +145,11 @@ def test_each_term_moves_the_students_gradients(objective, term):
     assert not torch.allclose(grads(0.5), grads(0.0))
 
 
-def test_total_is_ce_plus_the_weighted_terms_computed_independently():
-    teacher, student = pair()
+@pytest.mark.parametrize("adapters", [("none", "none"), ("offset", "residual_mlp")])
+def test_total_is_ce_plus_the_weighted_terms_computed_independently(adapters):
+    """With item adapters, the student's terms score against its own item vectors, the KL's teacher side
+    against the teacher's."""
+    teacher, student = pair(adapters=adapters)
     train, _ = data()
     b = first_batch(train)
     lam = dict(lambda_cos=0.7, lambda_norm=0.3, lambda_ms=0.5, lambda_kl=0.2, temperature=2.0)
@@ -148,7 +161,7 @@ def test_total_is_ce_plus_the_weighted_terms_computed_independently():
         te, se = teacher.encode(b, output_hidden_states=True), student.encode(b, output_hidden_states=True)
         real = (b["input_ids"] > 0) & (b["targets"] > 0)  # (B, L) every real position (objective `all`)
         y = b["targets"][real]
-        E = student.item_table[1:]  # items 1..N; column j = item j + 1
+        E, E_t = student.items()[1:], teacher.items()[1:]  # items 1..N; column j = item j + 1
         logits = student.score_head(se.final[:, :MAX_LEN][real]) @ E.T
         ce = F.cross_entropy(logits, y - 1)
         pairs = [(te.layers[1], se.layers[0]), (te.layers[3], se.layers[1])]  # after t layers 2, 4 / s layers 1, 2
@@ -158,7 +171,7 @@ def test_total_is_ce_plus_the_weighted_terms_computed_independently():
             cos += (1 - (t * s).sum(-1) / (t.norm(dim=-1) * s.norm(dim=-1))).mean() / 2
             norm += ((t - s) ** 2).mean(-1).mean() / 2
         ms = F.cross_entropy(d.heads[0](se.layers[0][:, :MAX_LEN][real]) @ E.T, y - 1)
-        p_t = torch.softmax(teacher.score_head(te.final[:, :MAX_LEN][real]) @ E.T / 2.0, -1)
+        p_t = torch.softmax(teacher.score_head(te.final[:, :MAX_LEN][real]) @ E_t.T / 2.0, -1)
         log_p_s = torch.log_softmax(logits / 2.0, -1)
         kl = (p_t * (p_t.log() - log_p_s)).sum(-1).mean() * 4.0
     expected = ce + 0.7 * cos + 0.3 * norm + 0.5 * ms + 0.2 * kl
