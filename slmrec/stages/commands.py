@@ -39,6 +39,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
 
+    par = sub.add_parser("parallel-stages", help="run independent DVC stages at once, ahead of `dvc repro`")
+    par.add_argument("stages", nargs="+", help="stage names in dvc.yaml whose dependencies are all up to date")
+    par.add_argument("--dvc-yaml", default="dvc.yaml")
+    par.set_defaults(func=cmd_parallel_stages)
+
     rep = sub.add_parser("report", help="print the results table of the last evaluation")
     rep.add_argument("--params", default="params.yaml")
     rep.add_argument("--table", default="results/results.md")
@@ -121,6 +126,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return _fail("evaluate", err)
     table = summary.pop("table")
     print(json.dumps(summary) if args.json else table)
+    return 0
+
+
+def cmd_parallel_stages(args: argparse.Namespace) -> int:
+    import os
+
+    from slmrec.stages.parallel import parallel_stages
+
+    dvc = [os.environ.get("SLMREC_DVC") or "dvc"]
+    try:
+        failed = parallel_stages(args.stages, dvc, args.dvc_yaml, log=lambda line: print(line, flush=True))
+    except (ValueError, RuntimeError) as err:
+        return _fail("parallel-stages", err)
+    if failed:
+        print(f"parallel-stages: failed: {', '.join(failed)} (the others' finished runs are kept in runs/)",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,0 +1,91 @@
+"""Run independent DVC stages at once, ahead of `dvc repro` (which runs one stage at a time).
+
+`dvc repro` holds the repository lock for its whole run and executes the stages one after another, so
+the teacher and student_nokd — both read only SASRec's item table — would train in turn on a machine with
+cores to spare. `slmrec parallel-stages teacher student_nokd` runs those stages' own commands (read from
+dvc.yaml, so they cannot drift from the pipeline) concurrently. Each training leaves its finished run in
+`runs/<name>/<key>/`; the `dvc repro` that follows runs the same commands, which find the finished run
+under the same resume key (params, data, parents, backbone, code) and only write the model directory —
+DVC records outputs its own stage commands wrote, as always.
+
+Stages `dvc status` reports up to date are skipped. Each line a stage prints is prefixed with its name; a
+failing stage does not stop the others (their finished work is kept for the resume) and the exit code is 1
+naming every stage that failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+
+def stage_commands(names: list[str], dvc_yaml: str | Path = "dvc.yaml") -> dict[str, str]:
+    """{stage: cmd} from dvc.yaml, in the order asked; an unknown stage is a clear error."""
+    stages = (yaml.safe_load(Path(dvc_yaml).read_text()) or {}).get("stages", {})
+    unknown = [n for n in names if n not in stages]
+    if unknown:
+        raise ValueError(f"{dvc_yaml}: no stage(s) {unknown}; stages: {sorted(stages)}")
+    return {n: " ".join(str(stages[n]["cmd"]).split()) for n in names}
+
+
+def stale(names: list[str], dvc: list[str]) -> list[str]:
+    """The stages of `names` whose outputs or dependencies changed, per `dvc status --json STAGE`."""
+    out = []
+    for name in names:
+        result = subprocess.run([*dvc, "status", "--json", name], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"dvc status {name} failed ({result.returncode}): {result.stderr.strip()[-1000:]}")
+        if json.loads(result.stdout or "{}"):
+            out.append(name)
+    return out
+
+
+def _relay(name: str, stream, log: Callable[[str], None]) -> None:
+    for line in stream:
+        log(f"[{name}] {line.rstrip()}")
+
+
+def run_parallel(commands: dict[str, str], log: Callable[[str], None] = print, cwd: str | Path = ".") -> list[str]:
+    """Run every command at once (a shell each, the caller's environment); wait for all; return the failed."""
+    lock = threading.Lock()
+
+    def say(line: str) -> None:  # whole lines, never two stages' output mixed within one
+        with lock:
+            log(line)
+
+    procs, relays = {}, []
+    for name, cmd in commands.items():
+        say(f"[{name}] $ {cmd}")
+        procs[name] = subprocess.Popen(cmd, shell=True, cwd=cwd, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+        relay = threading.Thread(target=_relay, args=(name, procs[name].stdout, say), daemon=True)
+        relay.start()
+        relays.append(relay)
+    failed = [name for name, proc in procs.items() if proc.wait() != 0]
+    for relay in relays:
+        relay.join()
+    for name in failed:
+        log(f"[{name}] FAILED (exit {procs[name].returncode})")
+    return failed
+
+
+def parallel_stages(names: list[str], dvc: list[str], dvc_yaml: str | Path = "dvc.yaml",
+                    log: Callable[[str], None] = print) -> list[str]:
+    """Run the stale ones of `names` concurrently; return the names that failed."""
+    commands = stage_commands(names, dvc_yaml)
+    todo = stale(names, dvc)
+    skipped = [n for n in names if n not in todo]
+    if skipped:
+        log(f"up to date, not run: {', '.join(skipped)}")
+    if not todo:
+        return []
+    return run_parallel({n: commands[n] for n in todo}, log, cwd=Path(dvc_yaml).parent)
+
+
+__all__ = ["parallel_stages", "run_parallel", "stage_commands", "stale"]

@@ -1,0 +1,62 @@
+"""`slmrec parallel-stages`: independent DVC stages run at once, stale ones only, failures named."""
+
+import json
+import sys
+import textwrap
+
+import pytest
+
+from slmrec.cli import main
+from slmrec.stages.parallel import parallel_stages, stage_commands
+
+
+def write_project(tmp_path, up_to_date=()):
+    """A dvc.yaml whose stages record when they ran, and a fake `dvc` whose status marks `up_to_date` clean."""
+    stage = "{py} -c 'import time, sys; open(\"{n}.start\", \"w\").write(repr(time.time())); time.sleep(0.8); " \
+            "open(\"{n}.end\", \"w\").write(repr(time.time())); print(\"hello from {n}\"); sys.exit({rc})'"
+    stages = {n: {"cmd": stage.format(py=sys.executable, n=n, rc=1 if n == "bad" else 0)}
+              for n in ("a", "b", "c", "bad")}
+    (tmp_path / "dvc.yaml").write_text(json.dumps({"stages": stages}))
+    fake = tmp_path / "fake-dvc"
+    fake.write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import json, sys
+        name = sys.argv[-1]
+        print(json.dumps({{}} if name in {list(up_to_date)!r} else {{name: [{{"changed outs": {{}}}}]}}))
+        """))
+    fake.chmod(0o755)
+    return [str(fake)]
+
+
+def test_stale_stages_run_at_the_same_time_and_clean_ones_are_skipped(tmp_path):
+    dvc = write_project(tmp_path, up_to_date=("c",))
+    lines = []
+    failed = parallel_stages(["a", "b", "c"], dvc, tmp_path / "dvc.yaml", log=lines.append)
+    assert failed == []
+    assert not (tmp_path / "c.start").exists()  # dvc status: up to date
+    assert "up to date, not run: c" in lines
+    start = {n: float((tmp_path / f"{n}.start").read_text()) for n in "ab"}
+    end = {n: float((tmp_path / f"{n}.end").read_text()) for n in "ab"}
+    assert max(start.values()) < min(end.values())  # both were running at once
+    assert "[a] hello from a" in lines and "[b] hello from b" in lines  # each line names its stage
+
+
+def test_a_failing_stage_is_named_and_the_others_finish(tmp_path):
+    dvc = write_project(tmp_path)
+    lines = []
+    assert parallel_stages(["a", "bad"], dvc, tmp_path / "dvc.yaml", log=lines.append) == ["bad"]
+    assert (tmp_path / "a.end").exists()
+    assert "[bad] FAILED (exit 1)" in lines
+
+
+def test_unknown_stage_and_cli_exit_codes(tmp_path, monkeypatch, capsys):
+    write_project(tmp_path)
+    with pytest.raises(ValueError, match=r"no stage\(s\) \['nope'\]"):
+        stage_commands(["a", "nope"], tmp_path / "dvc.yaml")
+    monkeypatch.setenv("SLMREC_DVC", str(tmp_path / "fake-dvc"))
+    yml = str(tmp_path / "dvc.yaml")
+    assert main(["parallel-stages", "nope", "--dvc-yaml", yml]) == 2
+    assert "no stage(s) ['nope']" in capsys.readouterr().err
+    assert main(["parallel-stages", "a", "bad", "--dvc-yaml", yml]) == 1
+    assert "failed: bad" in capsys.readouterr().err
+    assert main(["parallel-stages", "a", "--dvc-yaml", yml]) == 0
