@@ -8,7 +8,8 @@ dvc.yaml, so they cannot drift from the pipeline) concurrently. Each training le
 under the same resume key (params, data, parents, backbone, code) and only write the model directory —
 DVC records outputs its own stage commands wrote, as always.
 
-Stages `dvc status` reports up to date are skipped. Each line a stage prints is prefixed with its name; a
+Stages `dvc status` reports up to date are skipped; a stale stage upstream of them is an error (their
+runs would be trained on an outdated parent). Each line a stage prints is prefixed with its name; a
 failing stage does not stop the others (their finished work is kept for the resume) and the exit code is 1
 naming every stage that failed.
 """
@@ -35,15 +36,19 @@ def stage_commands(names: list[str], dvc_yaml: str | Path = "dvc.yaml") -> dict[
 
 
 def stale(names: list[str], dvc: list[str]) -> list[str]:
-    """The stages of `names` whose outputs or dependencies changed, per `dvc status --json STAGE`."""
-    out = []
+    """The stages of `names` that `dvc status` reports changed. Every stage they depend on must be up to date
+    (run `dvc repro <it>` first): trained on a stale parent, their runs would not be the ones `dvc repro` wants."""
+    changed = set()
     for name in names:
-        result = subprocess.run([*dvc, "status", "--json", name], capture_output=True, text=True)
+        result = subprocess.run([*dvc, "status", "--json", "--with-deps", name], capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"dvc status {name} failed ({result.returncode}): {result.stderr.strip()[-1000:]}")
-        if json.loads(result.stdout or "{}"):
-            out.append(name)
-    return out
+        changed |= {key.split(":")[-1] for key in json.loads(result.stdout or "{}")}  # "dvc.yaml:x" or "x"
+    upstream = sorted(changed - set(names))
+    if upstream:
+        raise ValueError(f"stage(s) {upstream} upstream of {names} are out of date: run `dvc repro "
+                         f"{' '.join(upstream)}` first")
+    return [n for n in names if n in changed]
 
 
 def _relay(name: str, stream, log: Callable[[str], None]) -> None:

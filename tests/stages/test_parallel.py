@@ -10,8 +10,9 @@ from slmrec.cli import main
 from slmrec.stages.parallel import parallel_stages, stage_commands
 
 
-def write_project(tmp_path, up_to_date=()):
-    """A dvc.yaml whose stages record when they ran, and a fake `dvc` whose status marks `up_to_date` clean."""
+def write_project(tmp_path, up_to_date=(), stale_upstream=None):
+    """A dvc.yaml whose stages record when they ran, and a fake `dvc` whose status marks `up_to_date` clean
+    (and, with `stale_upstream`, reports that stage changed upstream of every stage asked about)."""
     stage = "{py} -c 'import time, sys; open(\"{n}.start\", \"w\").write(repr(time.time())); time.sleep(0.8); " \
             "open(\"{n}.end\", \"w\").write(repr(time.time())); print(\"hello from {n}\"); sys.exit({rc})'"
     stages = {n: {"cmd": stage.format(py=sys.executable, n=n, rc=1 if n == "bad" else 0)}
@@ -22,7 +23,10 @@ def write_project(tmp_path, up_to_date=()):
         #!{sys.executable}
         import json, sys
         name = sys.argv[-1]
-        print(json.dumps({{}} if name in {list(up_to_date)!r} else {{name: [{{"changed outs": {{}}}}]}}))
+        out = {{}} if name in {list(up_to_date)!r} else {{name: [{{"changed outs": {{}}}}]}}
+        if {stale_upstream!r}:
+            out["dvc.yaml:" + {stale_upstream!r}] = [{{"changed deps": {{}}}}]
+        print(json.dumps(out))
         """))
     fake.chmod(0o755)
     return [str(fake)]
@@ -47,6 +51,13 @@ def test_a_failing_stage_is_named_and_the_others_finish(tmp_path):
     assert parallel_stages(["a", "bad"], dvc, tmp_path / "dvc.yaml", log=lines.append) == ["bad"]
     assert (tmp_path / "a.end").exists()
     assert "[bad] FAILED (exit 1)" in lines
+
+
+def test_a_stale_upstream_stage_is_an_error(tmp_path):
+    dvc = write_project(tmp_path, stale_upstream="sasrec")
+    with pytest.raises(ValueError, match=r"\['sasrec'\] upstream .* run `dvc repro sasrec` first"):
+        parallel_stages(["a", "b"], dvc, tmp_path / "dvc.yaml", log=print)
+    assert not (tmp_path / "a.start").exists()
 
 
 def test_unknown_stage_and_cli_exit_codes(tmp_path, monkeypatch, capsys):
