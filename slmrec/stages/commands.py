@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -130,8 +131,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_parallel_stages(args: argparse.Namespace) -> int:
-    import os
-
     from slmrec.stages.parallel import parallel_stages
 
     dvc = [os.environ.get("SLMREC_DVC") or "dvc"]
