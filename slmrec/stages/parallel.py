@@ -17,7 +17,6 @@ naming every stage that failed.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import threading
 from pathlib import Path
@@ -32,18 +31,19 @@ def stage_commands(names: list[str], dvc_yaml: str | Path = "dvc.yaml") -> dict[
     unknown = [n for n in names if n not in stages]
     if unknown:
         raise ValueError(f"{dvc_yaml}: no stage(s) {unknown}; stages: {sorted(stages)}")
-    return {n: " ".join(str(stages[n]["cmd"]).split()) for n in names}
+    def one_line(cmd) -> str:  # a list of commands runs in turn, as DVC runs it
+        return " && ".join(" ".join(str(c).split()) for c in (cmd if isinstance(cmd, list) else [cmd]))
+
+    return {n: one_line(stages[n]["cmd"]) for n in names}
 
 
 def stale(names: list[str], dvc: list[str]) -> list[str]:
     """The stages of `names` that `dvc status` reports changed. Every stage they depend on must be up to date
     (run `dvc repro <it>` first): trained on a stale parent, their runs would not be the ones `dvc repro` wants."""
-    changed = set()
-    for name in names:
-        result = subprocess.run([*dvc, "status", "--json", "--with-deps", name], capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"dvc status {name} failed ({result.returncode}): {result.stderr.strip()[-1000:]}")
-        changed |= {key.split(":")[-1] for key in json.loads(result.stdout or "{}")}  # "dvc.yaml:x" or "x"
+    result = subprocess.run([*dvc, "status", "--json", "--with-deps", *names], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"dvc status {' '.join(names)} failed ({result.returncode}): {result.stderr.strip()[-1000:]}")
+    changed = {key.split(":")[-1] for key in json.loads(result.stdout or "{}")}  # "dvc.yaml:x" or "x"
     upstream = sorted(changed - set(names))
     if upstream:
         raise ValueError(f"stage(s) {upstream} upstream of {names} are out of date: run `dvc repro "
@@ -68,7 +68,7 @@ def run_parallel(commands: dict[str, str], log: Callable[[str], None] = print, c
     for name, cmd in commands.items():
         say(f"[{name}] $ {cmd}")
         procs[name] = subprocess.Popen(cmd, shell=True, cwd=cwd, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+                                       stderr=subprocess.STDOUT, text=True)
         relay = threading.Thread(target=_relay, args=(name, procs[name].stdout, say), daemon=True)
         relay.start()
         relays.append(relay)

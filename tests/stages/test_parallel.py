@@ -22,8 +22,8 @@ def write_project(tmp_path, up_to_date=(), stale_upstream=None):
     fake.write_text(textwrap.dedent(f"""\
         #!{sys.executable}
         import json, sys
-        name = sys.argv[-1]
-        out = {{}} if name in {list(up_to_date)!r} else {{name: [{{"changed outs": {{}}}}]}}
+        names = sys.argv[sys.argv.index("--with-deps") + 1:]
+        out = {{n: [{{"changed outs": {{}}}}] for n in names if n not in {list(up_to_date)!r}}}
         if {stale_upstream!r}:
             out["dvc.yaml:" + {stale_upstream!r}] = [{{"changed deps": {{}}}}]
         print(json.dumps(out))
