@@ -217,6 +217,16 @@ class ServeConfig:
     # added (issue 9): LLM trunk precision when serving: fp32 | bf16 | int8 (slmrec/models/inference.py); the
     # accuracy and speed of each are measured in bench/README.md "Inference precision"
     precision: str = "fp32"
+    # added (issue 18): bounds under overload and hostile input (slmrec/serve/app.py "Admission control")
+    max_queue: int = 256  # queries waiting for a forward pass; a full queue answers 503 + Retry-After at once
+    timeout_ms: float = 1000.0  # per-request deadline (queue wait + forward pass); past it: 503 + Retry-After
+    max_concurrency: int = 512  # open connections + requests uvicorn accepts (limit_concurrency); more: 503
+    max_body_bytes: int = 262_144  # request body limit (413 before reading more); 10,000 ids of ~20 chars fit
+    max_item_id_chars: int = 128  # longer item / user ids are a 422 (bounded answers and log rows)
+    echo_unknown: int = 10  # unknown history items echoed in an answer (the count is always exact)
+    log_max_queue: int = 10_000  # rows waiting for the disk; more: 503 (memory stays bounded on a broken disk)
+    log_timeout_ms: float = 5000.0  # a row not durable within this: 503 instead of an answer we cannot log
+    models_dir: str = "models"  # promoted.json may only name model directories under this (relative to --root)
 
 
 @dataclass

@@ -158,7 +158,10 @@ def from_serving_log(log: pd.DataFrame) -> Window:
             raise ValueError(f"serving log request {row.request_id}: {len(items)} items but {len(scores)} scores")
         recs += [{"user_id": row.key, "rank": r + 1, "item_id": i, "score": s}
                  for r, (i, s) in enumerate(zip(items, scores))]
-        n_unknown = len(row.unknown_items) if row.unknown_items is not None else 0
+        # unknown_count is exact (the log keeps only a sample of the ids since issue 18); older logs: the list
+        count = getattr(row, "unknown_count", None)
+        n_unknown = (int(count) if count is not None and pd.notna(count)
+                     else len(row.unknown_items) if row.unknown_items is not None else 0)
         history_len = int(row.history_len)
         inputs.append({
             "user_id": row.key,

@@ -56,7 +56,8 @@ def model_dir_from_args(args: argparse.Namespace, params) -> Path:
     if args.model:
         return Path(args.model)
     record = Path(params.promotion.record)
-    model_dir, _ = read_promoted(record if record.is_absolute() else Path(args.root) / record, args.root)
+    model_dir, _ = read_promoted(record if record.is_absolute() else Path(args.root) / record, args.root,
+                                 params.serve.models_dir)
     return model_dir
 
 
@@ -116,6 +117,12 @@ def serve_config(args: argparse.Namespace, params):
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if cfg.max_batch < 1 or cfg.max_wait_ms < 0 or cfg.reload_poll_seconds <= 0 or not 1 <= cfg.k <= cfg.max_k:
         raise ValueError(f"serve: need max_batch >= 1, max_wait_ms >= 0, reload_poll_seconds > 0, 1 <= k <= max_k: {cfg}")
+    bounds = {"max_queue": cfg.max_queue, "timeout_ms": cfg.timeout_ms, "max_concurrency": cfg.max_concurrency,
+              "max_body_bytes": cfg.max_body_bytes, "max_item_id_chars": cfg.max_item_id_chars,
+              "log_max_queue": cfg.log_max_queue, "log_timeout_ms": cfg.log_timeout_ms}
+    bad = {name: value for name, value in bounds.items() if not value > 0}
+    if bad or cfg.echo_unknown < 0:
+        raise ValueError(f"serve: these bounds must be > 0 (echo_unknown >= 0): {bad or {'echo_unknown': cfg.echo_unknown}}")
     return cfg
 
 
@@ -123,7 +130,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from slmrec.serve.app import ServerState, create_app
-    from slmrec.serve.recommender import Recommender
+    from slmrec.serve.recommender import Recommender, canary
 
     try:
         if args.threads is not None:
@@ -138,14 +145,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         options = dict(root=args.root, device=args.device, eval_cfg=params.eval, cold_start=cfg.cold_start,
                        precision=cfg.precision)
         rec = Recommender.load(model_dir, args.splits, args.db, **options)
+        problem = canary(rec, cfg.k)
+        if problem is not None:
+            raise ValueError(f"{model_dir}: refusing to serve a model that fails the canary query: {problem}")
     except EXPECTED as err:
         return _fail("serve", err)
-    promoted = None
+    promoted = promoted_hash = None
     if not args.model:
         record = Path(params.promotion.record)
         promoted = record if record.is_absolute() else Path(args.root) / record
+        promoted_hash = rec.model_hash  # loaded through the record just now
     state = ServerState(
         rec=rec, cfg=cfg, log_dir=Path(cfg.log_dir), promoted=promoted, root=Path(args.root),
+        promoted_hash=promoted_hash,
         # a promoted model is a new training run: its splits come from its own card (--db still applies)
         loader=lambda d: Recommender.load(d, None, args.db, **options),
     )
@@ -153,5 +165,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"{'following ' + str(promoted) if promoted else 'pinned'}, answer log {cfg.log_dir}, "
           f"micro-batch {cfg.max_batch} / {cfg.max_wait_ms} ms", file=sys.stderr, flush=True)
     uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="info", access_log=args.access_log,
-                timeout_graceful_shutdown=30)
+                timeout_graceful_shutdown=30, limit_concurrency=cfg.max_concurrency)
     return 0

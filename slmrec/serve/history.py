@@ -9,14 +9,19 @@ FILTERS (min_rating, event_types) with the splits' own SequenceConfig, then per 
 the model was trained on, followed by what arrived since.
 
 Opening DuckDB costs ~50 ms and a long-lived connection would block the ingestion's writer, so the
-store reads the whole table into memory (a few MB for ML-100K) with one short read-only
-connection and reads it again when the file changes (`refresh_if_changed`: inode, size, mtime of
-the file and its WAL). A refresh builds a new snapshot and swaps it in with one assignment:
-readers see the old or the new one, never a mix.
+store reads the table into memory with one short read-only connection, compactly: item ids as int32
+codes into one vocabulary (one string per distinct item), one int64 offset per user (Amazon Beauty,
+198k interactions: a few MB, not one Python string per interaction). When the file changes
+(`refresh_if_changed`: inode, size, mtime of the file and its WAL) it reads only what is new: the
+users touched by ingest batches it has not seen (`batch_id`) get their whole history re-read into an
+overlay; a batch that vanished or changed, or an overlay past a quarter of the users, means a full
+re-read. A refresh builds a new snapshot and swaps it in with one assignment: readers see the old or
+the new one, never a mix.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 from dataclasses import dataclass
@@ -64,12 +69,18 @@ def _fingerprint(db: Path) -> tuple:
 
 @dataclass(frozen=True)
 class _Snapshot:
-    users: dict[str, int]  # user_id -> row in offsets
-    offsets: np.ndarray  # (U + 1,) start of each user's rows in items
-    items: list[str]  # (N,) original item ids, per user oldest first
+    users: dict[str, int]  # user_id -> row in offsets (the base)
+    offsets: np.ndarray  # (U + 1,) int64: start of each base user's codes
+    codes: np.ndarray  # (N,) int32: item codes, per user oldest first
+    names: list[str]  # code -> original item id
+    overlay: dict[str, np.ndarray]  # users re-read since the base (new ones too): user -> (n,) int32 codes
+    batches: dict[str, int]  # ingest batch_id -> rows: what this snapshot has read
     fingerprint: tuple
     rows: int
     loaded_at: float
+
+    def n_users(self) -> int:
+        return len(self.users) + sum(1 for u in self.overlay if u not in self.users)
 
 
 def filter_rows(table: pa.Table, cfg: SequenceConfig) -> pa.Table:
@@ -82,22 +93,72 @@ def filter_rows(table: pa.Table, cfg: SequenceConfig) -> pa.Table:
     return table if keep.all() else table.filter(pa.array(keep))
 
 
+def _encode(items: pa.ChunkedArray, names: list[str], code_of: dict[str, int]) -> np.ndarray:
+    """Item ids -> int32 codes, extending (names, code_of) with ids not seen before."""
+    encoded = items.combine_chunks().dictionary_encode() if items.num_chunks else pa.array([], pa.string()).dictionary_encode()
+    local = encoded.dictionary.to_pylist()
+    remap = np.empty(len(local), np.int32)
+    for n, item in enumerate(local):
+        code = code_of.get(item)
+        if code is None:
+            code = code_of[item] = len(names)
+            names.append(item)
+        remap[n] = code
+    indices = encoded.indices.to_numpy(zero_copy_only=False)
+    return remap[indices] if len(indices) else np.zeros(0, np.int32)
+
+
+def _group(users: pa.ChunkedArray) -> tuple[list[str], np.ndarray]:
+    """Rows sorted by user -> (distinct users in order, (U + 1,) offsets)."""
+    encoded = users.combine_chunks().dictionary_encode() if users.num_chunks else pa.array([], pa.string()).dictionary_encode()
+    indices = encoded.indices.to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(np.r_[True, indices[1:] != indices[:-1]]) if len(indices) else np.zeros(0, np.int64)
+    names = encoded.dictionary.to_pylist()
+    return [names[indices[s]] for s in starts], np.r_[starts, len(indices)].astype(np.int64)
+
+
+def _batches(con) -> dict[str, int]:
+    return dict(con.execute("SELECT batch_id, count(*) FROM raw_interactions GROUP BY batch_id").fetchall())
+
+
 def _load(db: Path, cfg: SequenceConfig) -> _Snapshot:
     fingerprint = _fingerprint(db)
     with connect_read_only(db) as con:
-        table = con.sql(HISTORY_QUERY).to_arrow_table()
-    table = filter_rows(table, cfg)
-    users = np.asarray(table["user_id"].to_pylist(), dtype=object)  # (N,) sorted by user
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.zeros(0, np.int64)
-    offsets = np.r_[starts, len(users)].astype(np.int64)
-    return _Snapshot(
-        users={str(users[s]): i for i, s in enumerate(starts)},
-        offsets=offsets,
-        items=table["item_id"].to_pylist(),
-        fingerprint=fingerprint,
-        rows=table.num_rows,
-        loaded_at=time.time(),
-    )
+        batches = _batches(con)
+        table = filter_rows(con.sql(HISTORY_QUERY).to_arrow_table(), cfg)
+    names: list[str] = []
+    codes = _encode(table["item_id"], names, {})
+    users, offsets = _group(table["user_id"])
+    return _Snapshot(users={str(u): i for i, u in enumerate(users)}, offsets=offsets, codes=codes, names=names,
+                     overlay={}, batches=batches, fingerprint=fingerprint, rows=table.num_rows, loaded_at=time.time())
+
+
+def _update(snap: _Snapshot, db: Path, cfg: SequenceConfig) -> _Snapshot:
+    """The snapshot plus the users touched by new ingest batches; a full re-read when that is not sound."""
+    fingerprint = _fingerprint(db)
+    with connect_read_only(db) as con:
+        batches = _batches(con)
+        if any(batches.get(b) != n for b, n in snap.batches.items()):  # a batch vanished or changed: rebuilt store
+            return _load(db, cfg)
+        new = sorted(set(batches) - set(snap.batches))
+        if not new:
+            return dataclasses.replace(snap, fingerprint=fingerprint)
+        query = HISTORY_QUERY.replace("ORDER BY", "WHERE user_id IN (SELECT DISTINCT user_id FROM raw_interactions "
+                                                  "WHERE batch_id IN (SELECT unnest(?::VARCHAR[]))) ORDER BY")
+        table = filter_rows(con.sql(query, params=[new]).to_arrow_table(), cfg)
+    names, code_of = list(snap.names), {name: code for code, name in enumerate(snap.names)}
+    codes = _encode(table["item_id"], names, code_of)
+    users, offsets = _group(table["user_id"])
+    overlay = dict(snap.overlay)
+    for n, user in enumerate(users):
+        overlay[str(user)] = codes[offsets[n]: offsets[n + 1]].copy()
+    if len(overlay) > max(1000, len(snap.users) // 4):  # many users changed: one compact base again
+        return _load(db, cfg)
+    base_rows = {u for u in overlay if u in snap.users}
+    rows = (int(snap.offsets[-1]) - sum(int(snap.offsets[snap.users[u] + 1] - snap.offsets[snap.users[u]])
+                                         for u in base_rows) + sum(len(c) for c in overlay.values()))
+    return dataclasses.replace(snap, names=names, overlay=overlay, batches=batches, fingerprint=fingerprint,
+                               rows=rows, loaded_at=time.time())
 
 
 class HistoryStore:
@@ -106,10 +167,11 @@ class HistoryStore:
         if not self.db.is_file():
             raise FileNotFoundError(f"DuckDB store {self.db} not found")
         self._snap = _load(self.db, cfg)
+        self.full_reads, self.incremental_reads = 1, 0
 
     @property
     def n_users(self) -> int:
-        return len(self._snap.users)
+        return self._snap.n_users()
 
     @property
     def rows(self) -> int:
@@ -118,19 +180,31 @@ class HistoryStore:
     def get(self, user_id: str) -> list[str] | None:
         """The user's history (original item ids, oldest first); None when the store has no such user."""
         snap = self._snap  # one read: a concurrent refresh cannot mix two snapshots
-        row = snap.users.get(str(user_id))
-        if row is None:
-            return None
-        return snap.items[snap.offsets[row] : snap.offsets[row + 1]]
+        user = str(user_id)
+        codes = snap.overlay.get(user)
+        if codes is None:
+            row = snap.users.get(user)
+            if row is None:
+                return None
+            codes = snap.codes[snap.offsets[row] : snap.offsets[row + 1]]
+        names = snap.names
+        return [names[c] for c in codes.tolist()]
 
     def user_ids(self) -> list[str]:
-        return list(self._snap.users)
+        snap = self._snap
+        return list(snap.users) + [u for u in snap.overlay if u not in snap.users]
 
     def refresh_if_changed(self) -> bool:
-        """Re-read the table when the file changed since the last read; True when a new snapshot is in."""
-        if _fingerprint(self.db) == self._snap.fingerprint:
+        """Read what changed since the last read when the file changed; True when a new snapshot is in."""
+        snap = self._snap
+        if _fingerprint(self.db) == snap.fingerprint:
             return False
-        self._snap = _load(self.db, self.cfg)
+        new = _update(snap, self.db, self.cfg)
+        if new.overlay is not snap.overlay and new.offsets is snap.offsets:
+            self.incremental_reads += 1
+        elif new.offsets is not snap.offsets:
+            self.full_reads += 1
+        self._snap = new
         return True
 
 

@@ -27,6 +27,7 @@ items of the splits (every interaction the model was trained and evaluated on), 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -104,6 +105,59 @@ def load_serving_model(model_pt: str | Path, device: str | None = None, precisio
         raise ValueError(f"serve.precision {precision!r} applies to LLM models; {model_pt} holds a "
                          f"{type(model).__name__}: serve it with precision fp32")
     return model.eval()
+
+
+def stable_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices and values of the k best scores per row (B, N) -> (B, k), (B, k), ties to the lower index.
+
+    Exactly the first k columns of a stable descending sort, at the cost of `torch.topk` (O(N) a row, not a
+    sort of all N): topk(k + 1) gives the candidates, which are re-ordered by (score desc, index asc); a
+    row whose k-th and (k+1)-th scores tie (the set itself depends on the tie rule) falls back to the full
+    stable sort.
+    """
+    n = scores.shape[1]
+    k = min(k, n)
+    m = min(k + 1, n)
+    vals, idx = torch.topk(scores, m, dim=1)  # (B, m) descending; the order among equal scores is unspecified
+    idx, perm = torch.sort(idx, dim=1)  # by index first ...
+    vals, perm = torch.sort(vals.gather(1, perm), dim=1, descending=True, stable=True)  # ... then by score
+    idx = idx.gather(1, perm)
+    if m > k:
+        ties = (vals[:, k - 1] == vals[:, k]).nonzero().squeeze(1)  # (T,)
+        if len(ties):
+            full_vals, full_idx = torch.sort(scores[ties], dim=1, descending=True, stable=True)
+            vals[ties, :k], idx[ties, :k] = full_vals[:, :k], full_idx[:, :k]
+    return idx[:, :k], vals[:, :k]
+
+
+def canary(rec: "Recommender", k: int) -> str | None:
+    """None when the model answers a real history sanely; else what is wrong (a reload refuses such a model).
+
+    The history: the first user of the store with an item the model knows (else the most popular items).
+    Sane: min(k, items left) items, finite scores that do not increase, no item of the history."""
+    history = None
+    for user in rec.history.user_ids()[:100]:
+        items = rec.history.get(user)
+        if items is not None and rec.resolve(items)[0]:
+            history = list(items)
+            break
+    if history is None:
+        history = [rec.item_ids[i] for i, _ in rec.popularity[:5]]
+    known, _ = rec.resolve(history)
+    if not known:
+        return "canary: no history with an item the model knows"
+    k = min(k, rec.model.n_items - len(set(known)))
+    (answer,) = rec.answer([Query(k=k, items=history)])
+    if not isinstance(answer, Answer):
+        return f"canary: {answer}"
+    scores = answer.scores
+    if len(answer.items) != k:
+        return f"canary: {len(answer.items)} items for k={k} (non-finite scores?)"
+    if not all(math.isfinite(s) for s in scores) or any(a < b for a, b in zip(scores, scores[1:])):
+        return f"canary: scores not finite and non-increasing: {scores[:5]}"
+    if set(answer.items) & set(history):
+        return f"canary: recommends items of the history {sorted(set(answer.items) & set(history))[:5]}"
+    return None
 
 
 def _model_device(model: Model) -> torch.device:
@@ -195,9 +249,8 @@ class Recommender:
         history = excluded_items(batch, self.eval_cfg)  # (B, H) whole histories, or None
         if history is not None:
             scores = scores.masked_fill(history_mask(history, scores.shape[1]), float("-inf"))
-        k = min(k, scores.shape[1] - 1)
-        ranked, order = torch.sort(scores, dim=1, descending=True, stable=True)  # ties: lower index first
-        return order[:, :k].cpu(), ranked[:, :k].cpu()  # (B, k), (B, k)
+        order, ranked = stable_top_k(scores, min(k, scores.shape[1] - 1))
+        return order.cpu(), ranked.cpu()  # (B, k), (B, k)
 
     def _popular(self, user_id: str, k: int, history_len: int, ignored: list[str]) -> Answer:
         top = self.popularity[:k]
@@ -278,23 +331,21 @@ class Recommender:
         return next(self.model.parameters()).dtype
 
     def describe(self) -> dict:
-        """The served model: its card (content hash, parents, metrics), where its data came from."""
+        """The served model for GET /model: its card's identity, lineage hashes and metrics. No file system
+        paths and no training params (they are for operators: `slmrec lineage`, the card on disk)."""
         card = self.sources.card
         return {
             "content_hash": self.model_hash,
             "artifact": card.get("artifact"),
-            "path": str(self.sources.model_dir),
-            "parents": card.get("parents", []),
+            "name": self.sources.model_dir.name,
+            "parents": [{k: p.get(k) for k in ("kind", "artifact", "content_hash")} for p in card.get("parents", [])],
             "metrics": card.get("metrics", {}),
-            "params": card.get("params", {}),
             "git_commit": card.get("git_commit"),
             "created_at": card.get("created_at"),
             "model_class": type(self.model).__name__,
             "n_items": self.model.n_items,
             "device": str(self.device),
             "dtype": str(self._dtype()).removeprefix("torch."),
-            "splits": str(self.sources.splits_dir),
-            "db": str(self.sources.db),
             "history_users": self.history.n_users,
             "cold_start": self.cold_start,
             "exclude_history": self.eval_cfg.exclude_history,

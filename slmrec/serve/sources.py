@@ -97,13 +97,28 @@ def resolve_sources(
     return ModelSources(model_dir=model_dir, card=card, model_hash=actual, splits_dir=splits_dir, db=db_path)
 
 
-def read_promoted(record: str | Path, root: str | Path = ".") -> tuple[Path, dict]:
-    """(model directory, record) named by models/promoted.json; a clear error when it is missing or broken."""
+def read_promoted(record: str | Path, root: str | Path = ".", models_dir: str | Path | None = None) -> tuple[Path, dict]:
+    """(model directory, record) named by models/promoted.json; a clear error when it is missing or broken.
+
+    models_dir (relative to root): the named directory must lie inside it (after resolving `..` and
+    symlinks), so a tampered record cannot make the server load files from anywhere. Every malformed
+    record (not JSON, not an object, a missing / null / non-string path or hash) is a ValueError."""
     record = Path(record)
     if not record.is_file():
         raise FileNotFoundError(f"{record} not found: promote a model first (Dagster promoted_model), or pass --model")
-    data = json.loads(record.read_text())
+    try:
+        data = json.loads(record.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{record}: not JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{record}: a promotion record is a JSON object, got {type(data).__name__}")
     for key in ("path", "content_hash"):
-        if key not in data:
-            raise ValueError(f"{record}: no {key!r} (not a promotion record)")
-    return _resolve(data["path"], Path(root)), data
+        if not isinstance(data.get(key), str) or not data[key]:
+            raise ValueError(f"{record}: {key!r} must be a non-empty string, got {data.get(key)!r} (not a promotion record)")
+    model_dir = _resolve(data["path"], Path(root))
+    if models_dir is not None:
+        allowed = _resolve(models_dir, Path(root)).resolve()
+        if not model_dir.resolve().is_relative_to(allowed):
+            raise ValueError(f"{record}: path {data['path']!r} is outside the models directory {allowed} "
+                             "(serve.models_dir): refused")
+    return model_dir, data

@@ -77,7 +77,8 @@ def project(pipeline, tmp_path):
     (tmp_path / "models").mkdir()
     promote(tmp_path / "models" / "promoted.json", pipeline / "models" / "student")
     (tmp_path / "params.yaml").write_text(
-        "promotion: {record: models/promoted.json}\nserve: {k: 4, recommendations_dir: results/recommendations}\n"
+        "promotion: {record: models/promoted.json}\n"
+        f"serve: {{k: 4, recommendations_dir: results/recommendations, models_dir: {pipeline / 'models'}}}\n"
     )
     return tmp_path
 

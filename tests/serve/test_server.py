@@ -47,7 +47,8 @@ def server(pipeline, tmp_path_factory):
     promote(record, pipeline / "models" / "student")
     (tmp / "params.yaml").write_text(
         f"promotion: {{record: {record}}}\n"
-        "serve: {max_wait_ms: 20.0, max_batch: 32, reload_poll_seconds: 0.3, log_flush_rows: 7, log_flush_seconds: 0.5}\n"
+        "serve: {max_wait_ms: 20.0, max_batch: 32, reload_poll_seconds: 0.3, log_flush_rows: 7, log_flush_seconds: 0.5,\n"
+        f"        models_dir: {pipeline / 'models'}, max_body_bytes: 100000}}\n"
     )
     srv = ServerProcess(["--params", str(tmp / "params.yaml"), "--log", str(tmp / "log")], cwd=tmp, out=tmp / "server.out")
     srv.record, srv.log_dir, srv.answers = record, tmp / "log", Answers()
@@ -92,7 +93,8 @@ def test_same_top_k_from_evaluator_batch_job_and_http(pipeline, server, tmp_path
         assert posted.json()["items"] == [splits.item_ids[i] for i in evaluator_top_k(model, history, K)]
         assert posted.json()["user_id"] == "anonymous"
     body = http.json()
-    assert set(body) == {"user_id", "items", "scores", "model", "fallback", "ignored_items", "request_id"}
+    assert set(body) == {"user_id", "items", "scores", "model", "fallback", "ignored_items", "ignored_count",
+                         "request_id"}
     assert body["model"] == card_hash(pipeline / "models/student") and body["fallback"] is None
 
 
@@ -139,18 +141,21 @@ def test_unknown_items_are_ignored_and_listed(server):
     response = post(server, {"items": ["m1", "zz-new", 7, "m2"], "k": 5})
     assert response.status_code == 200
     body = response.json()
-    assert body["ignored_items"] == ["zz-new", "7"] and len(body["items"]) == 5
+    assert body["ignored_items"] == ["zz-new", "7"] and body["ignored_count"] == 2 and len(body["items"]) == 5
     assert not {"m1", "m2"} & set(body["items"])
 
 
 def test_health_ready_model_metrics(pipeline, server):
     assert server.client.get("/health").json() == {"status": "ok"}
-    ready = server.client.get("/ready").json()
-    assert ready["ready"] is True and ready["model"] == card_hash(pipeline / "models/student")
+    ready = server.client.get("/ready")
+    assert ready.status_code == 200 and ready.json()["ready"] is True and ready.json()["reasons"] == []
+    assert ready.json()["model"] == ready.json()["promoted"] == card_hash(pipeline / "models/student")
     model = server.client.get("/model").json()
-    assert model["content_hash"] == ready["model"] and model["artifact"] == "student"
+    assert model["content_hash"] == ready.json()["model"] and model["artifact"] == "student"
     assert {"teacher", "splits", "sasrec"} <= {p["artifact"] for p in model["parents"]}
     assert "valid_best" in model["metrics"]
+    # least exposure: no file system path and no training params leave the process
+    assert "params" not in model and str(pipeline) not in json.dumps(model) and "/" not in model["name"]
     metrics = server.client.get("/metrics").text
     for needle in ('slmrec_requests_total{endpoint="/recommend/{user_id}",method="GET",status="200"}',
                    'slmrec_request_errors_total{endpoint="/recommend",status="422"}',
@@ -181,14 +186,42 @@ def test_concurrent_requests_share_forward_passes(server):
 
 def test_a_broken_promotion_keeps_the_old_model_serving(pipeline, server, tmp_path):
     student = card_hash(pipeline / "models/student")
-    server.record.write_text(json.dumps({"path": str(tmp_path / "gone"), "content_hash": "f" * 64}))
+    server.record.write_text(json.dumps({"path": str(pipeline / "models" / "gone"), "content_hash": "f" * 64}))
     deadline = time.monotonic() + 60
-    while not (ready := server.client.get("/ready").json())["last_reload_error"]:
+    while not (ready := server.client.get("/ready")).json()["last_reload_error"]:
         assert time.monotonic() < deadline, "the broken promotion was never reported"
         time.sleep(0.2)
-    assert ready["model"] == student and "gone" in ready["last_reload_error"]
+    assert ready.status_code == 503  # served != promoted: not to be trusted, though it keeps answering
+    assert ready.json()["model"] == student and "gone" in ready.json()["last_reload_error"]
+    assert "promoted ffffffffffff not loaded" in ready.json()["reasons"][0]
     assert get(server, "/recommend/u2?k=3").json()["model"] == student
     assert 'slmrec_model_reloads_total{result="failed"} 1.0' in server.client.get("/metrics").text
+
+
+def wait_ready(server, predicate, what: str, timeout: float = 60.0) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    while not predicate(ready := server.client.get("/ready")):
+        assert time.monotonic() < deadline, f"/ready never showed {what}: {ready.text}"
+        time.sleep(0.1)
+    return ready
+
+
+@pytest.mark.parametrize("record, needle", [
+    ({"path": None, "content_hash": "f" * 64}, "'path' must be a non-empty string"),
+    (["models/student"], "JSON object, got list"),
+    ("{not json", "not JSON"),
+    ({"path": "/etc", "content_hash": "f" * 64}, "outside the models directory"),
+    ({"path": "../../../../etc", "content_hash": "f" * 64}, "outside the models directory"),
+])
+def test_a_malformed_record_is_reported_and_the_watcher_survives(pipeline, server, record, needle):
+    student = pipeline / "models" / "student"
+    server.record.write_text(record if isinstance(record, str) else json.dumps(record))
+    ready = wait_ready(server, lambda r: r.status_code == 503 and needle in " ".join(r.json()["reasons"]), needle)
+    assert "promotion record unreadable" in ready.json()["reasons"][0]
+    assert get(server, "/recommend/u2?k=3").status_code == 200  # still answering with the model it has
+    promote(server.record, student)  # the watcher is alive: a good record makes the server ready again
+    wait_ready(server, lambda r: r.status_code == 200, "ready again")
+    assert 'slmrec_task_restarts{task="watcher"} 0.0' in server.client.get("/metrics").text
 
 
 def test_hot_reload_then_sigterm_flushes_the_log(pipeline, server):
@@ -229,8 +262,8 @@ def test_hot_reload_then_sigterm_flushes_the_log(pipeline, server):
     assert len(rows) == len(server.answers.models)  # one row per 2xx answer, nothing lost, nothing extra
     assert dict(zip(rows.request_id, rows.model)) == server.answers.models  # and the model that answered it
     assert set(rows.model) == {student, teacher}
-    assert list(rows.columns) == ["request_id", "time", "user_id", "history_len", "unknown_items", "k", "items",
-                                  "scores", "model", "latency_ms", "fallback"]
+    assert list(rows.columns) == ["request_id", "time", "user_id", "history_len", "unknown_count", "unknown_items", "k",
+                                  "items", "scores", "model", "latency_ms", "fallback"]
     assert set(rows.user_id) >= {"anonymous", "u4"} and (rows.latency_ms > 0).all()
     posted = rows[rows.unknown_items.map(len) > 0].iloc[0]
     assert list(posted.unknown_items) == ["zz-new", "7"] and posted.history_len == 4

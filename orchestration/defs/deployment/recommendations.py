@@ -42,7 +42,7 @@ def recommendations(
 ) -> dg.MaterializeResult:
     params = pipeline.params()
     day = context.partition_key
-    model_dir, record = read_promoted(pipeline.path(params.promotion.record), pipeline.root)
+    model_dir, record = read_promoted(pipeline.path(params.promotion.record), pipeline.root, params.serve.models_dir)
     rec = Recommender.load(model_dir, root=pipeline.root, eval_cfg=params.eval, cold_start=params.serve.cold_start,
                            precision=params.serve.precision)
     if rec.model_hash != record["content_hash"]:
