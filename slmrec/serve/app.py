@@ -405,7 +405,7 @@ def create_app(state: ServerState) -> FastAPI:
             print(f"slmrec serve: answer log closed ({state.log.rows_spooled} rows this run, "
                   f"{state.log.files_written} Parquet files under {state.log_dir})", file=sys.stderr, flush=True)
 
-    app = FastAPI(title="SLMRec recommendations", lifespan=lifespan)
+    app = FastAPI(title="SLMRec recommendations", lifespan=lifespan, redirect_slashes=False)  # a 404, not a 307
     app.state.server = state
 
     app.add_middleware(BodyLimitMiddleware, limit=cfg.max_body_bytes)
