@@ -112,14 +112,29 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
+MODEL_PACKAGE = "slmrec.models"  # the only package a checkpoint may name a class from
+
+
+def model_class(path: str) -> type[Recommender]:
+    """The Recommender class a checkpoint names ("slmrec.models.<module>.<Class>"); anything else is refused
+    before an import: a checkpoint must not be able to run the code of an arbitrary module."""
+    module_name, _, class_name = str(path).rpartition(".")
+    if not module_name.startswith(MODEL_PACKAGE + ".") or not module_name.replace(".", "").replace("_", "").isalnum():
+        raise CorruptCheckpointError(f"checkpoint names model class {path!r}: only classes of {MODEL_PACKAGE}.* "
+                                     "are loaded (refused, nothing imported)")
+    cls = getattr(importlib.import_module(module_name), class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Recommender)):
+        raise CorruptCheckpointError(f"checkpoint names {path!r}, which is not a Recommender class")
+    return cls
+
+
 def build_model(ckpt: dict[str, Any], device: str | None = None) -> Recommender:
     """Rebuild the model a checkpoint describes and load its trained state.
 
     device: None = where the checkpoint says (LLM models record their resolved device type and
     dtype); a name (e.g. "cpu") overrides the device, never the dtype.
     """
-    module_name, _, class_name = ckpt["model_class"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
+    cls = model_class(ckpt["model_class"])
     if device is not None and "device" in inspect.signature(cls.from_config_dict).parameters:
         model = cls.from_config_dict(ckpt["model_config"], device=device)
     else:

@@ -61,3 +61,22 @@ def test_rng_state_round_trip(tmp_path):
     set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
     second = (torch.rand(3), random.random(), np.random.rand())
     assert torch.equal(first[0], second[0]) and first[1:] == second[1:]
+
+
+@pytest.mark.parametrize("named", ["evil_planted_module.Model", "os.system", "slmrec.models.sasrec.torch",
+                                   "slmrec.models.sasrec.SASRecConfig", "slmrec.models_evil.X.Y",
+                                   "slmrec.models.sasrec;import os.SASRec"])
+def test_a_checkpoint_naming_a_foreign_class_is_refused_before_any_import(tmp_path, monkeypatch, named):
+    import sys
+
+    from slmrec.models.checkpoint import CorruptCheckpointError
+    from slmrec.serve.recommender import load_serving_model
+
+    (tmp_path / "evil_planted_module.py").write_text("raise SystemExit('imported!')\nclass Model: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = SASRec(20, SASRecConfig(hidden=8, layers=1, max_len=6, inner_size=16))
+    save_atomic({"model_class": named, "model_config": model.config_dict(),
+                 "model_state": model.trainable_state_dict()}, tmp_path / "model.pt")
+    with pytest.raises(CorruptCheckpointError, match="refused|not a Recommender"):
+        load_serving_model(tmp_path / "model.pt")  # the serving loader, through build_model
+    assert "evil_planted_module" not in sys.modules
