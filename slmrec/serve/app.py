@@ -24,9 +24,12 @@ anything unexpected -> 500 for that request alone, and the process keeps serving
 Admission control. A query waits in a bounded queue (serve.max_queue: full -> 503 at once) for the
 micro-batcher, which takes up to max_batch queries (waiting at most max_wait_ms for the batch to
 fill) and answers them with one `Recommender.answer` call in its inference thread. Every request has
-a deadline (serve.timeout_ms from arrival): a query still waiting then is answered 503 and dropped
-from the queue unanswered; a client that disconnects before its answer is computed is dropped too,
-and one that disconnected before its answer was logged is neither logged nor counted as delivered.
+a deadline (serve.timeout_ms from arrival): a query is refused at once (503) when the forward passes
+ahead of it (a moving average of the pass time) would take it past its deadline, is dropped from a
+batch when it can no longer finish in time, and is answered 503 at its deadline if still waiting,
+so under overload the model works only on answers that can still be delivered. A client that
+disconnects before its answer is computed is dropped too, and one that disconnected before its
+answer was logged is neither logged nor counted as delivered.
 If a batch fails, its queries are answered one by one, so a bad query fails alone. uvicorn's
 limit_concurrency (serve.max_concurrency) bounds the connections on top.
 
@@ -242,10 +245,17 @@ class MicroBatcher:
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=max(1, int(state.cfg.max_queue)))
         self.max_batch = max(1, int(state.cfg.max_batch))
         self.max_wait = max(0.0, float(state.cfg.max_wait_ms)) / 1000.0
+        self.pass_s = 0.0  # moving average of one forward pass (s): what a query ahead in the queue costs
 
     def submit(self, query: Query, deadline: float) -> asyncio.Future:
-        """Queue a query (raises Overloaded when the queue is full); the future gets (result, Recommender)."""
-        future = asyncio.get_running_loop().create_future()
+        """Queue a query; the future gets (result, Recommender). Raises Overloaded when the queue is full, or
+        when the batches ahead of it would take it past its deadline (work it could never deliver in time)."""
+        loop = asyncio.get_running_loop()
+        batches_ahead = self.queue.qsize() // self.max_batch + 1
+        if self.pass_s and loop.time() + batches_ahead * self.pass_s > deadline:
+            raise Overloaded(f"{self.queue.qsize()} queries ahead, ~{1000 * batches_ahead * self.pass_s:.0f} ms "
+                             "of forward passes: past the deadline (serve.timeout_ms)")
+        future = loop.create_future()
         try:
             self.queue.put_nowait((query, future, deadline))
         except asyncio.QueueFull:
@@ -271,8 +281,15 @@ class MicroBatcher:
                     batch.append(await asyncio.wait_for(self.queue.get(), remaining))
                 except asyncio.TimeoutError:
                     break
-            now = loop.time()
-            batch = [entry for entry in batch if not entry[1].done() and entry[2] > now]
+            now, live = loop.time(), []
+            for entry in batch:  # drop what its client gave up on, and what cannot finish by its deadline
+                if entry[1].done():
+                    continue
+                if entry[2] < now + self.pass_s:
+                    entry[1].set_exception(Overloaded("no answer possible within serve.timeout_ms"))
+                    continue
+                live.append(entry)
+            batch = live
         return batch
 
     async def run(self) -> None:
@@ -282,10 +299,13 @@ class MicroBatcher:
             rec = self.state.rec  # this batch finishes on this model even if a reload swaps it meanwhile
             self.state.metrics.batch_size.observe(len(batch))
             queries = [q for q, _, _ in batch]
+            t0 = loop.time()
             try:
                 results = await loop.run_in_executor(self.pool, rec.answer, queries)
             except Exception:  # noqa: BLE001 - answered one by one below: a bad query fails alone
                 results = [await loop.run_in_executor(self.pool, _answer_one, rec, q) for q in queries]
+            took = loop.time() - t0
+            self.pass_s = took if not self.pass_s else 0.7 * self.pass_s + 0.3 * took
             for (_, future, _), result in zip(batch, results):
                 if future.done():  # the client went away or its deadline passed meanwhile
                     continue
@@ -461,7 +481,10 @@ def create_app(state: ServerState) -> FastAPI:
                 metrics.shed.labels("disconnected").inc()
                 return _error(499, "client disconnected", request_id)  # never delivered
             return shed("deadline", f"no answer within {cfg.timeout_ms:.0f} ms (serve.timeout_ms)", request_id)
-        result, rec = future.result()  # an unexpected error of this query alone raises here -> 500
+        try:
+            result, rec = future.result()  # an unexpected error of this query alone raises here -> 500
+        except Overloaded as err:
+            return shed("deadline", f"overloaded: {err}", request_id)
         if isinstance(result, UnknownUser):
             return _error(404, str(result), request_id, user_id=result.user_id)
         if isinstance(result, EmptyHistory):

@@ -4,6 +4,7 @@ limits, supervision, the canary, the top-k rule, the compact history store, and 
 import asyncio
 import json
 import math
+import re
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -60,7 +61,9 @@ def test_overload_is_shed_with_503_within_the_deadline(tmp_path):
     assert set(statuses) <= {200, 503} and statuses.count(200) >= 1, statuses
     shed = [r for r, _ in results if r.status_code == 503]
     assert any("queue full" in r.json()["error"] for r in shed)  # refused at once: the queue holds 3
-    assert any("no answer within 500 ms" in r.json()["error"] for r in shed)  # waited, then gave up
+    deadline = [r for r in shed if "queue full" not in r.json()["error"]]  # refused for its deadline
+    assert deadline and all(re.search("past the deadline|no answer (possible )?within", r.json()["error"])
+                            for r in deadline)
     assert all(r.headers["retry-after"] == "1" for r in shed)
     assert max(t for _, t in results) < 0.5 + 0.4  # every request answered by its deadline (+ slack)
     assert sum(rec.calls) < len(results)  # expired queries were dropped, not computed
