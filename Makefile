@@ -50,7 +50,8 @@ demo: install
 	# `slmrec serve` deploys; a refusal is an outcome of the demo, printed, not an error of the pipeline
 	mkdir -p $(DAGSTER_HOME) && cp orchestration/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster asset materialize -m orchestration.definitions --select promoted_model > results/promotion.log 2>&1 \
-	  && echo "promoted: $$(cat models/promoted.json | $(BIN)/python -c 'import json,sys; r=json.load(sys.stdin); print(r["model"], r["content_hash"][:12], r["warnings"] or "no warnings")')" \
+	  && echo "promoted: $$(cat models/promoted.json | $(BIN)/python -c 'import json,sys; r=json.load(sys.stdin); print(r["model"], r["content_hash"][:12], "deployed in", r["deployment"], r["warnings"] or "no warnings")')" \
+	  && echo "serve it:  .venv/bin/slmrec serve    (then: curl 'localhost:8000/recommend/196?k=10')" \
 	  || { grep -h "refused\|Error" results/promotion.log | tail -3; echo "PROMOTION REFUSED: models/promoted.json unchanged (full log: results/promotion.log)"; }
 
 ## The tests (CI runs this through .ci/run).
@@ -84,6 +85,8 @@ lock-dvc:
 	mv requirements-dvc.lock.new requirements-dvc.lock
 
 clean:
+	# deployments are read-only (models/deployed/<hash>/): writable again before they can be removed
+	test ! -d models/deployed || chmod -R u+w models/deployed
 	rm -rf data models results/cache .dagster_home
 
 ## Debian's chromium for the browser tests and screenshots (Playwright drives it; no browser download)

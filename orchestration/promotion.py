@@ -221,7 +221,7 @@ def promotion_record(
     """What deployment reads from models/promoted.json."""
     return {
         "model": candidate,
-        "path": str(model_dir),
+        "source_path": str(model_dir),  # where it was trained; serving reads the deployment (slmrec/serve/deploy.py)
         "content_hash": card["content_hash"],
         "dvc_md5": dvc_md5,
         "dataset_hash": metrics.get("dataset_hash"),

@@ -36,17 +36,22 @@ _VERSIONED = ("torch", "transformers", "peft", "duckdb", "pandas", "pyarrow", "g
 
 
 
-def content_hash(path: str | Path) -> str:
-    """sha256 of a file, or of a directory's files (relative names + bytes, sorted), card.json excluded."""
+def content_hash(path: str | Path, digests: dict[str, str] | None = None) -> str:
+    """sha256 of a file, or of a directory's files (relative names + bytes, sorted), card.json excluded.
+
+    digests: sha256 of some files (relative name -> hex) computed by the caller on the bytes it holds in
+    memory (the serving loader hashes the checkpoint bytes it deserialises, not the file a second time)."""
     path = Path(path)
     if path.is_file():
         return sha256_file(path)
     if not path.is_dir():
         raise FileNotFoundError(f"artifact path {path} does not exist")
+    digests = digests or {}
     h = hashlib.sha256()
     for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name != CARD):
-        h.update(f.relative_to(path).as_posix().encode() + b"\0")
-        h.update(sha256_file(f).encode() + b"\n")
+        name = f.relative_to(path).as_posix()
+        h.update(name.encode() + b"\0")
+        h.update((digests.get(name) or sha256_file(f)).encode() + b"\n")
     return h.hexdigest()
 
 
@@ -146,13 +151,29 @@ def read_card(artifact_dir: str | Path) -> dict[str, Any]:
     return card
 
 
+def fsync_path(path: str | Path) -> None:
+    """fsync a file or a folder (a folder: so that a rename or a new name in it survives a power loss)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes, then the name: a power loss leaves the old file or the new one
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    fsync_path(path.parent)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import io
 import os
 import pickle
 import tempfile
@@ -80,13 +81,14 @@ class CorruptCheckpointError(ValueError):
 _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError, zlib.error)
 
 
-def verify_checkpoint_file(path: str | Path) -> None:
+def verify_checkpoint_file(path: str | Path, data: bytes | None = None) -> None:
     """Check every record of a torch.save archive against the CRC-32 the writer stored with it.
 
     torch.load itself does not: a flipped bit in a tensor loads as a wrong weight. A truncated file
-    (no central directory) or a damaged record is a CorruptCheckpointError naming the path."""
+    (no central directory) or a damaged record is a CorruptCheckpointError naming the path.
+    data: the file's bytes already in memory (checked instead of the file)."""
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(io.BytesIO(data) if data is not None else path) as archive:
             bad = archive.testzip()
     except _ZIP_ERRORS as err:
         raise CorruptCheckpointError(f"{path}: truncated or corrupted checkpoint, not loaded ({err})") from err
@@ -94,14 +96,17 @@ def verify_checkpoint_file(path: str | Path) -> None:
         raise CorruptCheckpointError(f"{path}: corrupted checkpoint, not loaded (CRC mismatch in record {bad!r})")
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A checkpoint dict, after the file checks out whole (CorruptCheckpointError otherwise)."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", data: bytes | None = None) -> dict[str, Any]:
+    """A checkpoint dict, after the file checks out whole (CorruptCheckpointError otherwise).
+
+    data: the file's bytes, read (and hashed) by the caller: deserialised as they are, the file is not
+    read again (what was verified is what is loaded)."""
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    verify_checkpoint_file(path)
+    verify_checkpoint_file(path, data)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(io.BytesIO(data) if data is not None else path, map_location=map_location, weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError) as err:
         raise CorruptCheckpointError(f"{path}: unreadable checkpoint, not loaded ({err})") from err
     if not isinstance(ckpt, dict):

@@ -50,6 +50,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from slmrec.lineage import fsync_path
+
 SCHEMA = pa.schema([
     ("request_id", pa.string()),
     ("time", pa.timestamp("us", tz="UTC")),
@@ -71,14 +73,6 @@ _STOP = object()
 
 class LogUnavailable(RuntimeError):
     """The row could not be made durable (queue full, disk error, log closed): the answer must not be sent."""
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _encode(row: dict) -> str:
@@ -106,7 +100,7 @@ def write_parquet_durable(rows: list[dict], path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        fsync_path(path.parent)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -120,7 +114,7 @@ class _Segment:
         self.path = folder / f"{stamp}-{os.getpid()}-{seq:06d}.jsonl"
         self.file = open(self.path, "ab")
         fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fsync_dir(folder)  # the segment's name is durable before any row in it counts as durable
+        fsync_path(folder)  # the segment's name is durable before any row in it counts as durable
         self.rows, self.opened = 0, time.monotonic()
 
     def append(self, lines: list[str]) -> None:
@@ -262,7 +256,7 @@ class AnswerLog:
                 self.files_written += 1
             self.rows_written += len(rows)
         segment.unlink()
-        fsync_dir(segment.parent)
+        fsync_path(segment.parent)
 
     # -- the writer thread
 

@@ -41,6 +41,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     rec.add_argument("--json", action="store_true")
     rec.set_defaults(func=cmd_recommend)
     add_serve_command(sub)
+    add_rollback_command(sub)
 
 
 def _params(path: str):
@@ -50,15 +51,25 @@ def _params(path: str):
     return load_params(path) if Path(path).is_file() else Params()
 
 
-def model_dir_from_args(args: argparse.Namespace, params) -> Path:
+def record_path(args: argparse.Namespace, params) -> Path:
+    record = Path(params.promotion.record)
+    return record if record.is_absolute() else Path(args.root) / record
+
+
+def model_dir_from_args(args: argparse.Namespace, params) -> tuple[Path, dict | None]:
+    """(model directory, promotion record or None when --model pins one)."""
     from slmrec.serve.sources import read_promoted
 
     if args.model:
-        return Path(args.model)
-    record = Path(params.promotion.record)
-    model_dir, _ = read_promoted(record if record.is_absolute() else Path(args.root) / record, args.root,
-                                 params.serve.models_dir)
-    return model_dir
+        return Path(args.model), None
+    return read_promoted(record_path(args, params), args.root, Path(args.root) / params.serve.models_dir)
+
+
+def check_promoted(rec, record: dict | None, where: Path) -> None:
+    """A followed record must name the bytes that were loaded (hashed as loaded, sources.resolve_sources)."""
+    if record is not None and record["content_hash"] != rec.model_hash:
+        raise ValueError(f"{where} records {record['content_hash'][:12]}…, the deployment it names hashes to "
+                         f"{rec.model_hash[:12]}…: refusing to serve an unpromoted model (slmrec rollback, or promote again)")
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
@@ -71,9 +82,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         if not 1 <= k <= params.serve.max_k:
             raise ValueError(f"--k must be in 1..{params.serve.max_k} (serve.max_k), got {k}")
         partition = args.partition or args.day or dt.datetime.now(dt.timezone.utc).date().isoformat()
-        rec = Recommender.load(model_dir_from_args(args, params), args.splits, args.db, root=args.root,
+        model_dir, record = model_dir_from_args(args, params)
+        rec = Recommender.load(model_dir, args.splits, args.db, root=args.root,
                                device=args.device, eval_cfg=params.eval, cold_start=params.serve.cold_start,
                                precision=args.precision or params.serve.precision)
+        check_promoted(rec, record, record_path(args, params))
         summary = run_batch(rec, k, args.out, partition, day=args.day, users_file=args.users,
                             duckdb_file=args.duckdb)
     except EXPECTED as err:
@@ -83,6 +96,29 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     else:
         print(f"{summary['rows']} rows for {summary['users_scored']} users (partition {partition}, "
               f"model {summary['model'][:12]}) -> {args.out}")
+    return 0
+
+
+def add_rollback_command(sub: argparse._SubParsersAction) -> None:
+    rb = sub.add_parser("rollback", help="re-promote the deployment that served before the current one")
+    rb.add_argument("--to", help="a content hash (prefix) from models/promotions.jsonl instead of the previous one")
+    rb.add_argument("--why", default="manual rollback", help="recorded in the promotion history")
+    rb.add_argument("--params", default="params.yaml")
+    rb.add_argument("--root", default=".", help="relative paths in promoted.json resolve against this")
+    rb.set_defaults(func=cmd_rollback)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from slmrec.serve.deploy import operator, rollback
+
+    try:
+        params = _params(args.params)
+        record = rollback(record_path(args, params), operator(), args.why, to=args.to, root=args.root,
+                          models_dir=Path(args.root) / params.serve.models_dir)
+    except EXPECTED as err:
+        return _fail("rollback", err)
+    print(f"rolled back: {record['model']} {record['content_hash'][:12]} ({record['deployment']}) is promoted; "
+          "a running `slmrec serve` picks it up within serve.reload_poll_seconds")
     return 0
 
 
@@ -141,10 +177,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             torch.set_num_threads(args.threads)
         params = _params(args.params)
         cfg = serve_config(args, params)
-        model_dir = model_dir_from_args(args, params)
+        model_dir, record = model_dir_from_args(args, params)
         options = dict(root=args.root, device=args.device, eval_cfg=params.eval, cold_start=cfg.cold_start,
                        precision=cfg.precision)
         rec = Recommender.load(model_dir, args.splits, args.db, **options)
+        check_promoted(rec, record, record_path(args, params))
         problem = canary(rec, cfg.k)
         if problem is not None:
             raise ValueError(f"{model_dir}: refusing to serve a model that fails the canary query: {problem}")
@@ -152,9 +189,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail("serve", err)
     promoted = promoted_hash = None
     if not args.model:
-        record = Path(params.promotion.record)
-        promoted = record if record.is_absolute() else Path(args.root) / record
-        promoted_hash = rec.model_hash  # loaded through the record just now
+        promoted, promoted_hash = record_path(args, params), rec.model_hash  # checked against the record above
     state = ServerState(
         rec=rec, cfg=cfg, log_dir=Path(cfg.log_dir), promoted=promoted, root=Path(args.root),
         promoted_hash=promoted_hash,

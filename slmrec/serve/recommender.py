@@ -26,6 +26,7 @@ items of the splits (every interaction the model was trained and evaluated on), 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -40,12 +41,13 @@ from slmrec.config import EvalConfig, SequenceConfig, from_dict
 from slmrec.data.examples import make_eval_examples, to_device
 from slmrec.data.sequences import load_splits
 from slmrec.eval.evaluator import excluded_items, history_mask
+from slmrec.lineage import read_card
 from slmrec.models.base import Recommender as Model
 from slmrec.models.inference import prepare_for_inference
 from slmrec.models.llmrec import LLMRec
 from slmrec.serve.history import HistoryStore
 from slmrec.serve.sources import ModelSources, resolve_sources
-from slmrec.train.checkpoint import build_model, load_checkpoint
+from slmrec.models.checkpoint import build_model, load_checkpoint
 
 MODEL_FILE = "model.pt"
 COLD_START = ("error", "popular")
@@ -90,10 +92,12 @@ class Answer:
     k: int = 0
 
 
-def load_serving_model(model_pt: str | Path, device: str | None = None, precision: str = "fp32") -> Model:
+def load_serving_model(model_pt: str | Path, device: str | None = None, precision: str = "fp32",
+                       data: bytes | None = None) -> Model:
     """The checkpoint's model on its stored device/dtype (or `device`), in eval mode, LoRA merged, its LLM trunk
-    in `precision` (serve.precision: fp32 | bf16 | int8; only LLM models have a trunk to convert)."""
-    ckpt = load_checkpoint(model_pt)
+    in `precision` (serve.precision: fp32 | bf16 | int8; only LLM models have a trunk to convert).
+    data: the checkpoint's bytes when the caller has read (and hashed) them."""
+    ckpt = load_checkpoint(model_pt, data=data)
     if device is not None and "llm" in ckpt["model_config"]:
         ckpt["model_config"]["llm"]["device"] = device  # the backbone is built there, in the stored dtype
     model = build_model(ckpt)
@@ -205,10 +209,13 @@ class Recommender:
         cold_start: str = "error",
         precision: str = "fp32",
     ) -> "Recommender":
-        sources = resolve_sources(model_dir, splits, db, root)
+        # the checkpoint is read once: the content hash is computed on the bytes that are deserialised
+        read_card(model_dir)  # a clear error for a folder that is not a model artifact, before reading its files
+        data = (Path(model_dir) / MODEL_FILE).read_bytes()
+        sources = resolve_sources(model_dir, splits, db, root, digests={MODEL_FILE: hashlib.sha256(data).hexdigest()})
         split_data = load_splits(sources.splits_dir)  # hash-checked
         seq_cfg = from_dict(SequenceConfig, json.loads((sources.splits_dir / "stats.json").read_text())["config"])
-        model = load_serving_model(sources.model_dir / MODEL_FILE, device, precision)
+        model = load_serving_model(sources.model_dir / MODEL_FILE, device, precision, data=data)
         counts = Counter(i for history, target in split_data.test for i in (*history, target))
         total = sum(counts.values())
         popularity = [(i, n / total) for i, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]

@@ -3,6 +3,10 @@
     sources = resolve_sources("models/student")                 # card -> splits dir -> snapshot card -> data.db
     sources = resolve_sources(dir, splits="x/splits", db="x.duckdb")   # overrides (still checked)
 
+A deployment (models/deployed/<hash>/, slmrec/serve/deploy.py) carries a copy of the splits its model
+was trained on: its model/ directory resolves to that copy, so a retrain that rewrites data/splits
+never changes what a deployed model's item ids mean.
+
 The chain the pipeline writes (slmrec/lineage.py):
 
     model card   parents: [..., {"artifact": "splits", "path": ...}, ...]
@@ -61,12 +65,19 @@ def _db_from_snapshot(splits_dir: Path, root: Path) -> Path:
     raise ValueError(f"{splits_dir}: no interactions snapshot within 4 parents: pass --db")
 
 
+DEPLOYMENT_FILE = "deployment.json"  # marks models/deployed/<hash>/: model/ and the splits/ it was trained on
+
+
 def resolve_sources(
-    model_dir: str | Path, splits: str | Path | None = None, db: str | Path | None = None, root: str | Path = "."
+    model_dir: str | Path, splits: str | Path | None = None, db: str | Path | None = None, root: str | Path = ".",
+    digests: dict[str, str] | None = None,
 ) -> ModelSources:
+    """digests: sha256 of model files the caller holds in memory (lineage.content_hash)."""
     model_dir, root = Path(model_dir), Path(root)
     card = read_card(model_dir)
-    actual = content_hash(model_dir)
+    actual = content_hash(model_dir, digests)
+    if splits is None and (model_dir.parent / DEPLOYMENT_FILE).is_file():
+        splits = model_dir.parent / "splits"  # a deployment carries its own copy of the splits (immutable)
     if card.get("content_hash") != actual:
         raise ValueError(
             f"{model_dir}: card.json records content hash {str(card.get('content_hash'))[:12]}…, the files hash to "

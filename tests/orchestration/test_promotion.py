@@ -5,6 +5,7 @@ a `train.json` in the loop's format, a lineage card); the metrics are chosen per
 """
 
 import json
+import os
 import math
 import shutil
 from pathlib import Path
@@ -21,7 +22,7 @@ from orchestration.pipeline import DvcPipeline
 from orchestration.promotion import MODELS, best_validation, judge, random_expectation, weight_scan
 from slmrec.config import PromotionConfig, SASRecConfig
 from slmrec.eval.metrics import compute_metrics, paired_bootstrap
-from slmrec.lineage import write_card
+from slmrec.lineage import content_hash, write_card
 from slmrec.models.sasrec import SASRec
 from slmrec.stages.models import save_model
 
@@ -43,13 +44,13 @@ def user_ranks(shifts: dict[str, int], noisy: tuple[str, ...] = ()) -> dict[str,
     return ranks
 
 
-def write_model(model_dir: Path, name: str, best: float = 0.12) -> None:
+def write_model(model_dir: Path, name: str, best: float = 0.12, splits: Path | None = None) -> None:
     torch.manual_seed(0)
     model = SASRec(N_ITEMS, SASRecConfig(hidden=8, layers=1, heads=1, max_len=10, inner_size=16))
     save_model(model, model_dir / "model.pt")
     history = [{"epoch": 0, "valid/ndcg@10": best / 2, "train/loss": 3.0}, {"epoch": 1, "valid/ndcg@10": best}]
     (model_dir / "train.json").write_text(json.dumps({"best_valid": {"metric": best, "epoch": 1}, "history": history}))
-    write_card(model_dir, name, params={"test": True}, metrics={"valid_best": best})
+    write_card(model_dir, name, params={"test": True}, metrics={"valid_best": best}, parents=[splits] if splits else [])
 
 
 def evaluation(ranks: dict[str, np.ndarray], dataset: str = DATASET) -> dict:
@@ -84,8 +85,9 @@ def project(tmp_path) -> Path:
     shutil.copy2(REPO / "params.yaml", root / "params.yaml")
     (root / "data/splits").mkdir(parents=True)
     (root / "data/splits/stats.json").write_text(json.dumps({"n_items": N_ITEMS, "dataset_hash": DATASET}))
+    write_card(root / "data/splits", "splits", reproducible=True)
     for name in MODELS:
-        write_model(root / "models" / name, name)
+        write_model(root / "models" / name, name, splits=root / "data/splits")
     write_metrics(root, GOOD)
     write_lock(root)
     return root
@@ -226,8 +228,16 @@ def test_promotion_records_the_student(project):
     assert result.success
     record = json.loads((project / "models/promoted.json").read_text())
     card = json.loads((project / "models/student/card.json").read_text())
-    assert record["model"] == "student" and record["path"] == "models/student"
+    assert record["model"] == "student" and record["source_path"] == "models/student"
     assert record["content_hash"] == card["content_hash"]
+    deployed = project / record["deployment"]  # an immutable copy: model + the splits it was trained on
+    assert record["path"] == f"models/deployed/{card['content_hash'][:16]}/model" and (project / record["path"]).is_dir()
+    assert content_hash(deployed / "model") == card["content_hash"] and (deployed / "splits/stats.json").is_file()
+    assert not os.access(deployed / "model" / "model.pt", os.W_OK) or os.geteuid() == 0
+    assert oct((deployed / "model" / "model.pt").stat().st_mode & 0o777) == "0o444"
+    (entry,) = [json.loads(line) for line in (project / "models/promotions.jsonl").read_text().splitlines()]
+    assert entry["action"] == "promote" and entry["who"] == f"dagster run {result.run_id}"
+    assert entry["content_hash"] == card["content_hash"] and entry["previous"] is None and entry["evidence"]["gate"]
     assert record["dvc_md5"] == "student-md5.dir"
     metrics = json.loads((project / "results/metrics.json").read_text())
     assert record["metrics"]["ndcg@10"] == metrics["models"]["student"]["ndcg@10"]

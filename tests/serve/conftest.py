@@ -1,3 +1,3 @@
 """Fixtures of the serving tests (helpers in serve_helpers.py)."""
 
-from serve_helpers import pipeline  # noqa: F401 - the session fixture
+from serve_helpers import pipeline, zygote  # noqa: F401 - the session fixtures

@@ -8,6 +8,7 @@ first two events share one timestamp (the tie-break rule: row order). Built once
 import argparse
 import datetime as dt
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -116,3 +117,50 @@ class ServerProcess:
                 self.proc.wait()
                 raise AssertionError(f"server ignored SIGTERM for {timeout} s:\n{self.out.read_text()}")
         return self.proc.returncode
+
+
+# ---------------------------------------------------------------- servers forked from a zygote (fast starts)
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="session")
+def zygote():
+    """One zygote for the session (server_zygote.py): each start forks a real server from it."""
+    proc = subprocess.Popen([sys.executable, str(HERE / "server_zygote.py")], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, cwd=HERE)
+    yield proc
+    proc.stdin.close()
+    proc.wait(30)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def start(zygote, args: list[str], out: Path) -> tuple[int, str]:
+    port = free_port()
+    zygote.stdin.write(json.dumps([str(out), "--port", str(port), *args]) + "\n")
+    zygote.stdin.flush()
+    pid, url = int(zygote.stdout.readline()), f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert alive(pid), f"server exited:\n{out.read_text()}"
+        try:
+            if httpx.get(url + "/ready", timeout=1.0).status_code == 200:
+                return pid, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"server not ready:\n{out.read_text()}")
+
+
+def wait_gone(pid: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while alive(pid):
+        assert time.monotonic() < deadline, f"pid {pid} still alive"
+        time.sleep(0.02)

@@ -1,4 +1,4 @@
-"""Deployment: which student is deployable, recorded in models/promoted.json.
+"""Deployment: which student is deployable, copied into an immutable deployment, recorded in models/promoted.json.
 
 Promotion is refused in two ways. Within a run, the blocking checks upstream (weights_finite and
 validation_metric on every model, candidate_vs_baselines on model_evaluation) fail with ERROR and
@@ -8,8 +8,6 @@ same files, plus two audit checks (the candidate's card matches its bytes; dvc.l
 evaluation saw exactly the trained model). Any finding fails the step and leaves the previous
 promoted.json untouched. WARN-level regressions do not block; they are written into the record.
 """
-
-import json
 
 import dagster as dg
 
@@ -23,7 +21,8 @@ from orchestration.promotion import (
     weight_scan,
 )
 from slmrec.config import load_params
-from slmrec.lineage import atomic_write_text, content_hash, git_commit, read_card
+from slmrec.lineage import content_hash, git_commit, read_card
+from slmrec.serve.deploy import deploy, promote
 
 CANDIDATE = load_params(PROJECT_DIR / "params.yaml").promotion.candidate
 
@@ -66,8 +65,9 @@ def refusal_reasons(pipeline: DvcPipeline) -> tuple[list[str], dict]:
     deps=["model_evaluation", CANDIDATE],
     group_name="deployment",
     kinds={"json"},
-    description=f"The deployable model ({CANDIDATE}, params promotion.candidate) recorded in models/promoted.json "
-    "(path, content hash, DVC md5, test metrics, git commit, time). Refuses — fails, writing nothing — when a "
+    description=f"The deployable model ({CANDIDATE}, params promotion.candidate), copied with its splits into the "
+    "read-only models/deployed/<hash>/ and recorded in models/promoted.json (deployment, content hash, DVC md5, "
+    "test metrics, gate evidence, git commit, time; every promotion appended to models/promotions.jsonl). Refuses — fails, writing nothing — when a "
     "blocking check fails: re-validates weights, validation metric, comparison and hashes itself.",
 )
 def promoted_model(context: dg.AssetExecutionContext, pipeline: DvcPipeline) -> dg.MaterializeResult:
@@ -78,17 +78,25 @@ def promoted_model(context: dg.AssetExecutionContext, pipeline: DvcPipeline) -> 
             description=f"promotion of {params.promotion.candidate} refused: " + "; ".join(reasons),
             metadata={"reasons": dg.MetadataValue.json(reasons)},
         )
-    record = promotion_record(
+    evidence = promotion_record(
         params.promotion.candidate, seen["model_dir"], seen["card"], seen["dvc_md5"], seen["metrics"],
         seen["verdict"], git_commit(pipeline.root), context.run.run_id,
     )
-    atomic_write_text(pipeline.path(params.promotion.record), json.dumps(record, indent=2) + "\n")
+    # an immutable, content-addressed copy (model + the splits it was trained on): what serving loads
+    deployment = deploy(pipeline.path(seen["model_dir"]), pipeline.path(params.serve.models_dir), pipeline.root)
+    why = "gate passed" + (f" with {len(evidence['warnings'])} warning(s)" if evidence["warnings"] else "")
+    record = promote(pipeline.path(params.promotion.record), deployment, params.promotion.candidate,
+                     who=f"dagster run {context.run.run_id}", why=why,
+                     evidence={k: evidence[k] for k in ("gate", "warnings", "validation_metrics", "dvc_md5")},
+                     extra=evidence, root=pipeline.root)
     for warning in record["warnings"]:
         context.log.warning(f"promoted with a warning: {warning}")
     return dg.MaterializeResult(
         metadata={
             "model": dg.MetadataValue.text(record["model"]),
             "path": dg.MetadataValue.path(record["path"]),
+            "deployment": dg.MetadataValue.path(record["deployment"]),
+            "source_path": dg.MetadataValue.path(record["source_path"]),
             "content_hash": dg.MetadataValue.text(record["content_hash"]),
             "dvc_md5": dg.MetadataValue.text(record["dvc_md5"]),
             "dataset_hash": dg.MetadataValue.text(str(record["dataset_hash"])),

@@ -7,13 +7,10 @@ in the log, at most one per concurrent client. Servers are forked from a zygote 
 that has done the imports once, so 20 kills cost seconds, not minutes.
 """
 
-import json
 import os
 import random
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,51 +21,9 @@ import pytest
 
 from slmrec.serve.answer_log import AnswerLog
 
-from serve_helpers import free_port
+from serve_helpers import alive, start, wait_gone
 
-HERE = Path(__file__).parent
 CLIENTS = 4
-
-
-@pytest.fixture(scope="module")
-def zygote():
-    proc = subprocess.Popen([sys.executable, str(HERE / "server_zygote.py")], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, cwd=HERE)
-    yield proc
-    proc.stdin.close()
-    proc.wait(30)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def start(zygote, args: list[str], out: Path) -> tuple[int, str]:
-    port = free_port()
-    zygote.stdin.write(json.dumps([str(out), "--port", str(port), *args]) + "\n")
-    zygote.stdin.flush()
-    pid, url = int(zygote.stdout.readline()), f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert alive(pid), f"server exited:\n{out.read_text()}"
-        try:
-            if httpx.get(url + "/ready", timeout=1.0).status_code == 200:
-                return pid, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"server not ready:\n{out.read_text()}")
-
-
-def wait_gone(pid: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while alive(pid):
-        assert time.monotonic() < deadline, f"pid {pid} still alive"
-        time.sleep(0.02)
 
 
 class Traffic:
