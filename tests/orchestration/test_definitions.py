@@ -17,7 +17,7 @@ def test_definitions_load_and_resolve(definitions):
     keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
     assert keys == {"landing_interactions", "promoted_model", "recommendations", "recommendation_monitoring",
                     *STAGE_ASSETS}
-    assert {j.name for j in repo.get_all_jobs()} >= {"landing_ingest_job", "retrain_job"}
+    assert {j.name for j in repo.get_all_jobs()} >= {"landing_ingest_job", "retrain_job", "rollback_job"}
     sensors = {"landing_folder_sensor", "retrain_after_landing", "alert_on_run_failure", "retrain_on_drift"}
     assert {s.name for s in repo.sensor_defs} == sensors
     assert {s.name for s in repo.schedule_defs} == {"weekly_retrain"}

@@ -110,3 +110,24 @@ def test_rollback_without_a_previous_deployment_is_a_clear_error(project, capsys
     promote(project / "models/promoted.json", a, "student", who="test", why="first", root=project)
     assert cli.main(["rollback", "--params", str(project / "params.yaml"), "--root", str(project)]) == 2
     assert "nothing to roll back to" in capsys.readouterr().err
+
+
+def test_the_dagster_rollback_job(pipeline, project):
+    import dagster as dg
+
+    from orchestration.defs.deployment.rollback import rollback_job
+    from orchestration.pipeline import DvcPipeline
+
+    record = project / "models/promoted.json"
+    a = deploy(project / "models/student", "models", root=project)
+    b = deploy(pipeline / "models/teacher", project / "models", root=project)
+    promote(record, a, "student", who="test", why="A", root=project)
+    promote(record, b, "teacher", who="test", why="B", root=project)
+    with dg.instance_for_test() as instance:
+        result = rollback_job.execute_in_process(
+            instance=instance, resources={"pipeline": DvcPipeline(project_dir=str(project))},
+            run_config={"ops": {"rollback_deployment": {"config": {"why": "drift after B"}}}})
+    assert result.success
+    assert json.loads(record.read_text())["content_hash"] == a.content_hash
+    last = history(record)[-1]
+    assert (last["action"], last["why"], last["who"]) == ("rollback", "drift after B", f"dagster run {result.run_id}")
