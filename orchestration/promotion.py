@@ -144,6 +144,55 @@ def _metric(models: dict, model: str, metric: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
+def comparison(comparisons: dict, a: str, b: str, metric: str) -> dict | None:
+    """The paired CI of a − b from metrics.json (stored for one order of each pair: b − a is flipped)."""
+    ci = comparisons.get(f"{a}-{b}", {}).get(metric)
+    if ci is not None:
+        return ci
+    ci = comparisons.get(f"{b}-{a}", {}).get(metric)
+    return None if ci is None else {"diff": -ci["diff"], "lo": -ci["hi"], "hi": -ci["lo"]}
+
+
+def fixed_candidate(metrics: dict, cfg: PromotionConfig) -> tuple[str, str]:
+    return cfg.candidate, f"promotion.candidate is {cfg.candidate} (policy fixed)"
+
+
+def cheapest_not_worse(metrics: dict, cfg: PromotionConfig) -> tuple[str, str]:
+    """The cheapest model per served user (1 / evaluation users/s) among those whose validation metrics[0] is not
+    significantly below the best model's (the paired 95% CI of model − best reaches 0 or above)."""
+    metric = cfg.metrics[0]
+    validation = metrics.get("validation") or {}
+    models, comparisons = validation.get("models") or {}, validation.get("comparisons") or {}
+    scored = {m: _metric(models, m, metric) for m in MODELS if _metric(models, m, metric) is not None}
+    if not scored:
+        raise ValueError(f"policy cheapest_not_worse: no model has a finite validation {metric}")
+    best = max(scored, key=scored.get)
+    eligible = {}
+    for m in scored:
+        ci = {"diff": 0.0, "lo": 0.0, "hi": 0.0} if m == best else comparison(comparisons, m, best, metric)
+        speed = (metrics.get("models", {}).get(m) or {}).get("inference_users_per_s")
+        if ci is not None and ci["hi"] >= 0 and isinstance(speed, (int, float)) and speed > 0:
+            eligible[m] = (1.0 / speed, ci)
+    if not eligible:
+        raise ValueError(f"policy cheapest_not_worse: no model with a paired CI against the best ({best}) and a "
+                         "measured users/s in metrics.json")
+    choice = min(eligible, key=lambda m: eligible[m][0])
+    cost, ci = eligible[choice]
+    return choice, (f"policy cheapest_not_worse: {choice} costs {1000 * cost:.2f} ms per user (evaluation users/s), "
+                    f"the cheapest of {sorted(eligible)} whose validation {metric} is not significantly below the best "
+                    f"({best}, {scored[best]:.4f}): {choice} − {best} {ci['diff']:+.4f} [{ci['lo']:+.4f}, {ci['hi']:+.4f}]")
+
+
+POLICIES = {"fixed": fixed_candidate, "cheapest_not_worse": cheapest_not_worse}
+
+
+def choose_candidate(metrics: dict, cfg: PromotionConfig) -> tuple[str, str]:
+    """(the model to promote, why) by promotion.policy."""
+    if cfg.policy not in POLICIES:
+        raise ValueError(f"promotion.policy {cfg.policy!r}: choose one of {sorted(POLICIES)}")
+    return POLICIES[cfg.policy](metrics, cfg)
+
+
 def judge(metrics: dict, n_items: int, cfg: PromotionConfig, dataset_hash: str | None = None) -> Verdict:
     """Compare cfg.candidate with each baseline of cfg.max_regression on cfg.metrics, on the VALIDATION
     split (metrics.json `validation`): the gate never decides on the test numbers it reports.
@@ -175,8 +224,10 @@ def judge(metrics: dict, n_items: int, cfg: PromotionConfig, dataset_hash: str |
             v.errors.append(f"{cfg.candidate} validation {metric} {cand:.4f} <= {cfg.min_lift_over_random}x random "
                             f"ranking ({floor:.4f} over {n_items} items)")
         for baseline, allowed in cfg.max_regression.items():
+            if baseline == cfg.candidate:
+                continue  # a policy may choose a baseline as the candidate: not compared with itself
             base = _metric(models, baseline, metric)
-            ci = comparisons.get(f"{cfg.candidate}-{baseline}", {}).get(metric)
+            ci = comparison(comparisons, cfg.candidate, baseline, metric)
             if base is None or not ci or not all(math.isfinite(ci.get(k, math.nan)) for k in ("diff", "lo", "hi")):
                 v.errors.append(f"baseline {baseline} {metric}: validation value or paired CI missing or not finite")
                 continue

@@ -166,6 +166,14 @@ class PromotionConfig:
     # score by this factor on every compared metric: dataset-independent, unlike an absolute floor
     min_lift_over_random: float = 2.0
     record: str = "models/promoted.json"  # what deployment reads: path, content hash, metrics, commit, time
+    # added (issue 17): which model is the candidate (orchestration/promotion.py POLICIES): `fixed` = `candidate`
+    # above; `cheapest_not_worse` = the cheapest model per served user (evaluation users/s) whose validation
+    # metrics[0] is not significantly below the best model's (paired CI of model - best reaches 0)
+    policy: str = "fixed"
+    # champion / challenger (slmrec/serve/challenge.py): the candidate replaces the deployed model only when the
+    # paired 95% CI of candidate - champion on the candidate's validation split, scored as served, stays above
+    # -margin x the champion's value on every metric of `metrics`
+    non_inferiority_margin: float = 0.05
 
 
 @dataclass

@@ -173,6 +173,15 @@ def promote(record: str | Path, dep: Deployment, model: str, who: str, why: str,
     return data
 
 
+def refuse(record: str | Path, model: str, content_hash: str, who: str, why: str, evidence: dict) -> None:
+    """Record a refused candidate in the history (the record itself does not change)."""
+    record = Path(record)
+    current = json.loads(record.read_text()).get("content_hash") if record.is_file() else None
+    _append_history(record, {"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                             "action": "refuse", "who": who, "why": why, "model": model, "content_hash": content_hash,
+                             "deployment": None, "previous": current, "evidence": evidence})
+
+
 def rollback(record: str | Path, who: str, why: str, to: str | None = None, root: str | Path = ".",
              models_dir: str | Path | None = None) -> dict:
     """Re-promote the deployment that served before the current one (or the one whose hash starts with `to`).
@@ -183,17 +192,18 @@ def rollback(record: str | Path, who: str, why: str, to: str | None = None, root
     _, current = read_promoted(record, root, models_dir)
     entries = history(record)
     if to is None:
-        made_current = next((e for e in reversed(entries) if e["content_hash"] == current["content_hash"]), None)
+        made_current = next((e for e in reversed(entries)
+                             if e["content_hash"] == current["content_hash"] and e["action"] != "refuse"), None)
         target = made_current and made_current.get("previous")
         if not target:
             raise ValueError(f"{record.with_name(HISTORY_FILE)}: no deployment served before "
                              f"{current['content_hash'][:12]}…: nothing to roll back to")
     else:
-        matches = {e["content_hash"] for e in entries if e["content_hash"].startswith(to)}
+        matches = {e["content_hash"] for e in entries if e["content_hash"].startswith(to) and e["deployment"]}
         if len(matches) != 1:
             raise ValueError(f"--to {to!r} matches {len(matches)} promoted deployment(s) in the history")
         target = matches.pop()
-    entry = next(e for e in reversed(entries) if e["content_hash"] == target)
+    entry = next(e for e in reversed(entries) if e["content_hash"] == target and e["deployment"])
     dep_dir = Path(entry["deployment"])
     dep = Deployment(dep_dir if dep_dir.is_absolute() else Path(root) / dep_dir, target)
     if not dep.dir.is_dir():

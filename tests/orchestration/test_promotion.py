@@ -14,6 +14,7 @@ import dagster as dg
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from orchestration.defs.deployment.assets import promoted_model
 from orchestration.defs.evaluation.checks import candidate_vs_baselines
@@ -168,7 +169,8 @@ def test_judge_decides_on_validation_cis():
 
     broken = evaluation(user_ranks(GOOD))
     broken["validation"]["models"]["student"]["mrr"] = float("nan")
-    del broken["validation"]["comparisons"]["student-teacher"]
+    del broken["validation"]["comparisons"]["student-teacher"]  # neither order: judge flips a stored teacher-student
+    del broken["validation"]["comparisons"]["teacher-student"]
     v = judge(broken, N_ITEMS, cfg, DATASET)
     assert v.severity == "ERROR"
     assert any("student validation mrr missing or not finite" in e for e in v.errors)
@@ -287,3 +289,18 @@ def test_promotion_is_refused_and_keeps_the_previous_record(project, breakage, r
     assert not result.success
     assert reason in failure_text(result) and "promotion of student refused" in failure_text(result)
     assert (project / "models/promoted.json").read_text() == before
+
+
+def test_policy_cheapest_not_worse_promotes_sasrec_and_says_why(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["promotion"]["policy"] = "cheapest_not_worse"
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    metrics = evaluation(user_ranks({**GOOD, "sasrec": GOOD["student"]}, noisy=("sasrec",)))  # as good as the student
+    for name, speed in {"sasrec": 3000.0, "teacher": 30.0, "student_nokd": 60.0, "student": 60.0}.items():
+        metrics["models"][name]["inference_users_per_s"] = speed
+    (project / "results/metrics.json").write_text(json.dumps(metrics))
+    result = promote(project)
+    assert result.success, failure_text(result)
+    record = json.loads((project / "models/promoted.json").read_text())
+    assert record["model"] == "sasrec" and "cheapest_not_worse: sasrec" in record["policy"]
+    assert record["source_path"] == "models/sasrec"
