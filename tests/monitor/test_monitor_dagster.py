@@ -40,12 +40,16 @@ def project(pipeline, tmp_path_factory):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"]["db"] = "data/warehouse.duckdb"
     params["sequences"]["out_dir"] = str(pipeline / "splits")
+    params["serve"]["models_dir"] = str(pipeline / "models")  # the promotion record names the fixture's model
     params["monitoring"].update(k=K, min_users=5, window_days=1, truth_days=3, retrain_cooldown_hours=24.0,
                                 score_drift_threshold=1e9, input_drift_threshold=1e9, max_popularity_change=1e9,
                                 max_ndcg_drop=1.0)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (root / "models").mkdir()
-    (root / "models/promoted.json").write_text(json.dumps({"model": "student", "path": str(pipeline / "models/student")}))
+    student = pipeline / "models/student"
+    (root / "models/promoted.json").write_text(json.dumps({"model": "student", "path": str(student),
+                                                           "content_hash": json.loads((student / "card.json").read_text())
+                                                           ["content_hash"]}))
     # the planted shift: 10 known users come back with a known item, 10 new users bring only new items
     rows = ["user_id,item_id,ts"] + [f"u{u},m1,{885_254_400 + 3600 + u}" for u in range(10)]
     rows += [f"n{u},new-{u % 5},{885_254_400 + 7200 + u}" for u in range(10)]  # 885254400 = 1998-01-20

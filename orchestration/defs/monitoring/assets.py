@@ -11,23 +11,23 @@ verdict is our rule set (slmrec/monitor/verdict.py) over the report's values, th
 params.yaml `monitoring:`; it is not blocking (drift is news for the sensor, not a reason to stop a run).
 """
 
-import json
 
 import dagster as dg
 
 from orchestration.landing import landing_partitions
 from orchestration.pipeline import DvcPipeline, git_commit
 from slmrec.monitor.build import ensure_reference, monitor_day
+from slmrec.serve.sources import read_promoted
 
 DRIFT_CHECK = "recommendation_drift"
 
 
 def promoted_model_dir(pipeline: DvcPipeline):
-    record = pipeline.path(pipeline.params().promotion.record)
-    if not record.is_file():
-        raise FileNotFoundError(f"{record} not found: no promoted model to monitor (materialize promoted_model)")
-    path = json.loads(record.read_text())["path"]
-    return pipeline.path(path)
+    """The promoted deployment's model folder (the one reader of the promotion record: serve.sources)."""
+    params = pipeline.params()
+    model_dir, _ = read_promoted(pipeline.path(params.promotion.record), pipeline.root,
+                                 pipeline.path(params.serve.models_dir))
+    return model_dir
 
 
 @dg.asset(
