@@ -117,16 +117,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     return ckpt
 
 
-MODEL_PACKAGE = "slmrec.models"  # the only package a checkpoint may name a class from
+# the only packages a checkpoint may name a class from: the models, and the distiller (a training run's
+# best.pt of the distilled student holds the DistillationModel; its deployed model.pt holds the student)
+MODEL_PACKAGES = ("slmrec.models", "slmrec.distill")
 
 
 def model_class(path: str) -> type[Recommender]:
-    """The Recommender class a checkpoint names ("slmrec.models.<module>.<Class>"); anything else is refused
-    before an import: a checkpoint must not be able to run the code of an arbitrary module."""
+    """The Recommender class a checkpoint names ("slmrec.models.<module>.<Class>", or slmrec.distill's); anything
+    else is refused before an import: a checkpoint must not be able to run the code of an arbitrary module."""
     module_name, _, class_name = str(path).rpartition(".")
-    if not module_name.startswith(MODEL_PACKAGE + ".") or not module_name.replace(".", "").replace("_", "").isalnum():
-        raise CorruptCheckpointError(f"checkpoint names model class {path!r}: only classes of {MODEL_PACKAGE}.* "
-                                     "are loaded (refused, nothing imported)")
+    if (not any(module_name.startswith(p + ".") for p in MODEL_PACKAGES)
+            or not module_name.replace(".", "").replace("_", "").isalnum()):
+        raise CorruptCheckpointError(f"checkpoint names model class {path!r}: only classes of "
+                                     f"{' / '.join(p + '.*' for p in MODEL_PACKAGES)} are loaded (refused, nothing imported)")
     cls = getattr(importlib.import_module(module_name), class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, Recommender)):
         raise CorruptCheckpointError(f"checkpoint names {path!r}, which is not a Recommender class")

@@ -64,7 +64,7 @@ def test_rng_state_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("named", ["evil_planted_module.Model", "os.system", "slmrec.models.sasrec.torch",
-                                   "slmrec.models.sasrec.SASRecConfig", "slmrec.models_evil.X.Y",
+                                   "slmrec.models.sasrec.SASRecConfig", "slmrec.models_evil.X.Y", "slmrec.distill.losses.F",
                                    "slmrec.models.sasrec;import os.SASRec"])
 def test_a_checkpoint_naming_a_foreign_class_is_refused_before_any_import(tmp_path, monkeypatch, named):
     import sys
