@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from slmrec.serve.history import active_users
+from slmrec.serve.history import active_users, day_bounds
 from slmrec.serve.recommender import RECOMMENDATION_COLUMNS, Recommender
 
 COLUMNS = [*RECOMMENDATION_COLUMNS, "partition"]
@@ -53,8 +53,9 @@ def select_users(rec: Recommender, day: str | None = None, users_file: str | Pat
     return sorted(rec.history.user_ids())
 
 
-def batch_recommendations(rec: Recommender, users: list[str], k: int, partition: str, batch_size: int = 256) -> pd.DataFrame:
-    df = rec.recommend_users(users, k, batch_size=batch_size)
+def batch_recommendations(rec: Recommender, users: list[str], k: int, partition: str, batch_size: int = 256,
+                          as_of: int | None = None) -> pd.DataFrame:
+    df = rec.recommend_users(users, k, batch_size=batch_size, as_of=as_of)
     out = df.assign(partition=str(partition))[COLUMNS]
     out.attrs.update(df.attrs)
     return out
@@ -114,10 +115,18 @@ def run_batch(
     users_file: str | Path | None = None,
     duckdb_file: str | Path | None = None,
     batch_size: int = 256,
+    as_of: int | None = None,
 ) -> dict:
-    """Select users, score them, write the Parquet file (and the DuckDB partition). Returns a summary."""
+    """Select users, score them with their histories as of `as_of` (default: the end of `day`, if given), check
+    the table (`problems`, `history_problems`) and only then write the Parquet file (and the DuckDB partition):
+    a malformed table is never published (ValueError naming the problems). Returns a summary."""
+    if as_of is None and day is not None:
+        as_of = day_bounds(day)[1]  # point in time: a backfill or a late run sees the history of that day's end
     users = select_users(rec, day, users_file)
-    df = batch_recommendations(rec, users, k, partition, batch_size) if users else pd.DataFrame(columns=COLUMNS)
+    df = batch_recommendations(rec, users, k, partition, batch_size, as_of) if users else pd.DataFrame(columns=COLUMNS)
+    found = problems(df, k) + history_problems(df, rec, as_of)
+    if found:
+        raise ValueError(f"recommendations for partition {partition} not published: {found[:5]}")
     write_parquet(df, out)
     if duckdb_file is not None:
         write_duckdb(df, duckdb_file, [partition])
@@ -133,7 +142,23 @@ def run_batch(
         "model_dir": str(rec.sources.model_dir),
         "out": str(out),
         "duckdb": str(duckdb_file) if duckdb_file is not None else None,
+        "as_of": as_of,
     }
+
+
+def history_problems(df: pd.DataFrame, rec: Recommender, as_of: int | None = None) -> list[str]:
+    """Users whose list holds an item of their own history (as of `as_of`) although the protocol excludes it."""
+    if not rec.eval_cfg.exclude_history or df.empty:
+        return []
+    found = []
+    for user, group in df.groupby("user_id", sort=False):
+        seen = set(rec.history.get(str(user), as_of) or [])
+        repeated = sorted(seen & set(group["item_id"]))
+        if repeated:
+            found.append(f"user {user}: recommends item(s) of their history {repeated[:5]}")
+        if len(found) >= 10:
+            break
+    return found
 
 
 def problems(df: pd.DataFrame, k: int) -> list[str]:

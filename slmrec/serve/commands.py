@@ -31,7 +31,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     rec.add_argument("--k", type=int, help="list length (default: serve.k)")
     rec.add_argument("--out", required=True, help="Parquet file to write")
     rec.add_argument("--users", help="file with one user id a line (default: all users in the store)")
-    rec.add_argument("--day", help="YYYY-MM-DD: only the users active that day (UTC); also the partition label")
+    rec.add_argument("--day", help="YYYY-MM-DD: only the users active that day (UTC), with their histories as of the "
+                     "end of that day (point in time); also the partition label")
     rec.add_argument("--partition", help="partition label (default: --day, else today's UTC date)")
     rec.add_argument("--duckdb", help="also replace this partition in table `recommendations` of this DuckDB file")
     rec.add_argument("--device", help="override the checkpoint's device (e.g. cpu)")

@@ -72,8 +72,9 @@ class _Snapshot:
     users: dict[str, int]  # user_id -> row in offsets (the base)
     offsets: np.ndarray  # (U + 1,) int64: start of each base user's codes
     codes: np.ndarray  # (N,) int32: item codes, per user oldest first
+    ts: np.ndarray  # (N,) int64: their timestamps (UTC seconds): point-in-time histories
     names: list[str]  # code -> original item id
-    overlay: dict[str, np.ndarray]  # users re-read since the base (new ones too): user -> (n,) int32 codes
+    overlay: dict[str, tuple[np.ndarray, np.ndarray]]  # users re-read since the base (new ones too): (codes, ts)
     batches: dict[str, int]  # ingest batch_id -> rows: what this snapshot has read
     fingerprint: tuple
     rows: int
@@ -129,7 +130,8 @@ def _load(db: Path, cfg: SequenceConfig) -> _Snapshot:
     names: list[str] = []
     codes = _encode(table["item_id"], names, {})
     users, offsets = _group(table["user_id"])
-    return _Snapshot(users={str(u): i for i, u in enumerate(users)}, offsets=offsets, codes=codes, names=names,
+    ts = table["ts"].to_numpy().astype(np.int64) if table.num_rows else np.zeros(0, np.int64)
+    return _Snapshot(users={str(u): i for i, u in enumerate(users)}, offsets=offsets, codes=codes, ts=ts, names=names,
                      overlay={}, batches=batches, fingerprint=fingerprint, rows=table.num_rows, loaded_at=time.time())
 
 
@@ -149,14 +151,15 @@ def _update(snap: _Snapshot, db: Path, cfg: SequenceConfig) -> _Snapshot:
     names, code_of = list(snap.names), {name: code for code, name in enumerate(snap.names)}
     codes = _encode(table["item_id"], names, code_of)
     users, offsets = _group(table["user_id"])
+    ts = table["ts"].to_numpy().astype(np.int64) if table.num_rows else np.zeros(0, np.int64)
     overlay = dict(snap.overlay)
     for n, user in enumerate(users):
-        overlay[str(user)] = codes[offsets[n]: offsets[n + 1]].copy()
+        overlay[str(user)] = (codes[offsets[n]: offsets[n + 1]].copy(), ts[offsets[n]: offsets[n + 1]].copy())
     if len(overlay) > max(1000, len(snap.users) // 4):  # many users changed: one compact base again
         return _load(db, cfg)
     base_rows = {u for u in overlay if u in snap.users}
     rows = (int(snap.offsets[-1]) - sum(int(snap.offsets[snap.users[u] + 1] - snap.offsets[snap.users[u]])
-                                         for u in base_rows) + sum(len(c) for c in overlay.values()))
+                                         for u in base_rows) + sum(len(c) for c, _ in overlay.values()))
     return dataclasses.replace(snap, names=names, overlay=overlay, batches=batches, fingerprint=fingerprint,
                                rows=rows, loaded_at=time.time())
 
@@ -177,16 +180,23 @@ class HistoryStore:
     def rows(self) -> int:
         return self._snap.rows
 
-    def get(self, user_id: str) -> list[str] | None:
-        """The user's history (original item ids, oldest first); None when the store has no such user."""
+    def get(self, user_id: str, as_of: int | None = None) -> list[str] | None:
+        """The user's history (original item ids, oldest first); None when the store has no such user.
+
+        as_of (UTC seconds): only the interactions before it (point in time: a backfill of day D sees the
+        history as of the end of D, not the days after it). A user whose first interaction is later has an
+        empty history ([]), not None: the store knows the user."""
         snap = self._snap  # one read: a concurrent refresh cannot mix two snapshots
         user = str(user_id)
-        codes = snap.overlay.get(user)
-        if codes is None:
+        found = snap.overlay.get(user)
+        if found is None:
             row = snap.users.get(user)
             if row is None:
                 return None
-            codes = snap.codes[snap.offsets[row] : snap.offsets[row + 1]]
+            found = (snap.codes[snap.offsets[row] : snap.offsets[row + 1]], snap.ts[snap.offsets[row] : snap.offsets[row + 1]])
+        codes, ts = found
+        if as_of is not None:
+            codes = codes[ts < as_of]  # ts ascending per user, but a mask needs no assumption
         names = snap.names
         return [names[c] for c in codes.tolist()]
 

@@ -78,6 +78,7 @@ class Query:
     k: int
     user_id: str | None = None
     items: list[str] | None = None
+    as_of: int | None = None  # a known user's history before this time (UTC seconds): point-in-time batch jobs
 
 
 @dataclass
@@ -272,7 +273,7 @@ class Recommender:
             if q.k < 1:
                 raise ValueError(f"k must be >= 1, got {q.k}")
             if q.user_id is not None:
-                user, items = str(q.user_id), self.history.get(str(q.user_id))
+                user, items = str(q.user_id), self.history.get(str(q.user_id), q.as_of)
                 if items is None:
                     out[n] = self._popular(user, q.k, 0, []) if self.cold_start == "popular" else UnknownUser(user)
                     continue
@@ -303,18 +304,19 @@ class Recommender:
             raise result
         return result
 
-    def recommend_users(self, user_ids: list[str], k: int, batch_size: int = 256) -> pd.DataFrame:
+    def recommend_users(self, user_ids: list[str], k: int, batch_size: int = 256, as_of: int | None = None) -> pd.DataFrame:
         """One row per (user, rank): user_id, rank (1-based), item_id, score, model.
 
         Unknown users are an error under cold_start `error` (ValueError naming them); users whose
         history holds no item the model knows are left out and listed in `df.attrs["skipped"]`.
+        as_of (UTC seconds): each user's history as of that time (point-in-time batch recommendations).
         With `popular` both get the popularity list (`df.attrs["fallback"]` lists them).
         """
         rows, skipped, unknown, fallback = [], [], [], []
         users = [str(u) for u in user_ids]
         for start in range(0, len(users), batch_size):
             chunk = users[start : start + batch_size]
-            for user, result in zip(chunk, self.answer([Query(k=k, user_id=u) for u in chunk])):
+            for user, result in zip(chunk, self.answer([Query(k=k, user_id=u, as_of=as_of) for u in chunk])):
                 if isinstance(result, UnknownUser):
                     unknown.append(user)
                 elif isinstance(result, EmptyHistory):

@@ -1,16 +1,21 @@
 """Batch recommendations: `slmrec recommend` and the daily-partitioned Dagster asset `recommendations`."""
 
 import json
+import shutil
 
 import dagster as dg
 import duckdb
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
 from orchestration.defs.deployment.recommendations import recommendations
 from orchestration.pipeline import DvcPipeline
 from slmrec import cli
-from slmrec.serve.batch import COLUMNS, problems
+from slmrec.data.ingest import ingest
+from slmrec.serve.batch import COLUMNS, history_problems, problems, run_batch
+from slmrec.serve.history import day_bounds
+from slmrec.serve.recommender import Recommender
 
 from serve_helpers import N_USERS, card_hash, promote
 
@@ -108,7 +113,8 @@ def test_recommendations_asset(pipeline, project):
         assert materialize(project, "1998-01-02", instance, all_users=True).success
     with duckdb.connect(str(out / "recommendations.duckdb"), read_only=True) as con:
         counts = dict(con.sql("SELECT partition, count(*) FROM recommendations GROUP BY 1").fetchall())
-    assert counts == {"1998-01-14": 4 * len(active_on(13)), "1998-01-02": 4 * N_USERS}
+    # 1998-01-02, all users, point in time: only those with an event by the end of that day (u % 3 < 2) have a history
+    assert counts == {"1998-01-14": 4 * len(active_on(13)), "1998-01-02": 4 * sum(u % 3 < 2 for u in range(N_USERS))}
 
 
 def test_recommendations_asset_refuses_a_record_that_does_not_match(pipeline, project):
@@ -120,3 +126,38 @@ def test_recommendations_asset_refuses_a_record_that_does_not_match(pipeline, pr
                                 resources={"pipeline": DvcPipeline(project_dir=str(project))})
     assert not result.success
     assert not (project / "results" / "recommendations" / "1998-01-14.parquet").exists()
+
+
+def test_point_in_time_lists_do_not_see_later_days(pipeline, tmp_path):
+    """A backfill of day D after later days were ingested gives the lists of the end of D, not of today."""
+    db = tmp_path / "warehouse.duckdb"
+    shutil.copy(pipeline / "warehouse.duckdb", db)
+    rec = Recommender.load(pipeline / "models" / "student", db=db)
+    users, end_of_day = sorted(active_on(5)), day_bounds("1998-01-06")[1]
+    before = rec.recommend_users(users, 5, as_of=end_of_day)
+    late = day_bounds("1998-02-10")[0]
+    rows = [f"{u},{item},{late + n}" for n, (u, item) in enumerate((u, f"m{n % 30 + 1}") for n, u in enumerate(users))]
+    (tmp_path / "late.csv").write_text("user_id,item_id,ts\n" + "\n".join(rows) + "\n")
+    ingest("events", str(tmp_path / "late.csv"), str(db))
+    assert rec.history.refresh_if_changed()
+    after = rec.recommend_users(users, 5, as_of=end_of_day)
+    pd.testing.assert_frame_equal(before, after)  # the later day changed nothing of day 5's lists
+    assert not rec.recommend_users(users, 5).equals(before)  # while today's lists do see it
+
+
+def test_a_list_with_a_history_item_is_not_published(pipeline, tmp_path, monkeypatch):
+    rec = Recommender.load(pipeline / "models" / "student")
+    history = rec.history.get("u3")
+    planted = pd.DataFrame({"user_id": ["u3", "u3"], "rank": [1, 2], "item_id": [history[0], "m99"],
+                            "score": [2.0, 1.0], "model": [rec.model_hash] * 2, "partition": ["x", "x"]})
+    assert "user u3: recommends item(s) of their history" in history_problems(planted, rec)[0]
+    monkeypatch.setattr("slmrec.serve.batch.batch_recommendations", lambda *a, **k: planted)
+    with pytest.raises(ValueError, match="not published"):
+        run_batch(rec, 2, tmp_path / "x.parquet", "x", users_file=_users(tmp_path, ["u3"]))
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def _users(tmp_path, users):
+    path = tmp_path / "users.txt"
+    path.write_text("\n".join(users) + "\n")
+    return path

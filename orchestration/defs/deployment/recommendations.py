@@ -1,7 +1,9 @@
 """Daily batch recommendations of the promoted model: `recommendations` and its check.
 
 A thin shell over slmrec.serve (the one inference path): load the model models/promoted.json
-names, score the users active that day (or every user: config all_users), write
+names, score the users active that day (or every user: config all_users) with their histories as
+of the end of that day (point in time: a backfill or a late run never sees later days), check the
+table (well-formed, no item of a user's own history) before anything is published, then write
 serve.recommendations_dir/<day>.parquet and replace that day in the DuckDB table `recommendations`
 (serve.recommendations_dir/recommendations.duckdb; not the warehouse, which the ingest stage rebuilds).
 """
@@ -12,6 +14,7 @@ import pyarrow.parquet as pq
 from orchestration.landing import landing_partitions
 from orchestration.pipeline import WAREHOUSE_POOL, DvcPipeline
 from slmrec.serve.batch import DB_FILE, problems, run_batch
+from slmrec.serve.history import day_bounds
 from slmrec.serve.recommender import Recommender
 from slmrec.serve.sources import read_promoted
 
@@ -49,8 +52,14 @@ def recommendations(
         raise dg.Failure(f"{model_dir} hashes to {rec.model_hash[:12]}…, promoted.json records "
                          f"{record['content_hash'][:12]}…: refusing to score with an unpromoted model")
     out_dir = pipeline.path(params.serve.recommendations_dir)
-    summary = run_batch(rec, params.serve.k, out_dir / f"{day}.parquet", day,
-                        day=None if config.all_users else day, duckdb_file=out_dir / DB_FILE)
+    # histories as of the end of the partition's day (a backfill does not see, nor consume, the days after it);
+    # run_batch checks the table before anything is published and raises naming the problems otherwise
+    try:
+        summary = run_batch(rec, params.serve.k, out_dir / f"{day}.parquet", day,
+                            day=None if config.all_users else day, duckdb_file=out_dir / DB_FILE,
+                            as_of=day_bounds(day)[1])
+    except ValueError as err:
+        raise dg.Failure(description=str(err)) from err
     if summary["users_skipped"]:
         context.log.warning(f"{len(summary['users_skipped'])} user(s) without a history the model knows were left "
                             f"out (serve.cold_start: error): {summary['users_skipped'][:10]}")
