@@ -134,3 +134,43 @@ def test_missing_recommendations_fail_with_a_clear_error(project):
         assert not result.success
         (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
         assert "no recommendations for 1998-02-01" in str(failure.event_specific_data.error)
+
+
+def test_a_check_seen_planned_then_failed_requests_exactly_one_retrain(project, monkeypatch):
+    """The race of issue 17: the sensor ticks while the check row is still PLANNED (its run in progress); Dagster
+    then updates that same row to FAILED. The cursor must not have passed it: the next tick requests one retrain."""
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus as Status
+
+    with dg.instance_for_test() as instance:
+        materialize(project, SHIFT, instance)  # the evaluation that will have failed
+        storage = instance.event_log_storage
+        (failed,) = [r for r in storage.get_asset_check_execution_history(drift_sensors.CHECK_KEY, limit=10)
+                     if r.status == Status.FAILED]
+        resources = {"pipeline": DvcPipeline(project_dir=str(project))}
+        monkeypatch.setattr(drift_sensors, "now", lambda: 5_000_000.0)
+
+        # tick 1: the same row as it looked while its run was still going
+        planned = failed._replace(status=Status.PLANNED, event=None)
+        real_history = storage.get_asset_check_execution_history
+        monkeypatch.setattr(storage, "get_asset_check_execution_history", lambda key, limit: [planned])
+        run = instance.get_run_by_id(failed.run_id)
+        monkeypatch.setattr(instance, "get_run_by_id", lambda run_id: run._replace(status=dg.DagsterRunStatus.STARTED))
+        ctx = dg.build_sensor_context(instance=instance, resources=resources)
+        skip = retrain_on_drift(ctx)
+        assert isinstance(skip, dg.SkipReason) and "no completed" in skip.skip_message
+
+        # tick 2: the row is FAILED now -> exactly one request; tick 3: nothing new
+        monkeypatch.setattr(storage, "get_asset_check_execution_history", real_history)
+        monkeypatch.setattr(instance, "get_run_by_id", lambda run_id: run)
+        ctx = dg.build_sensor_context(instance=instance, cursor=ctx.cursor, resources=resources)
+        request = retrain_on_drift(ctx)
+        assert isinstance(request, dg.RunRequest) and request.tags["slmrec/drift_partition"] == SHIFT
+        ctx = dg.build_sensor_context(instance=instance, cursor=ctx.cursor, resources=resources)
+        assert isinstance(retrain_on_drift(ctx), dg.SkipReason)
+
+        # a row left PLANNED by a run that ended (a crash) does not hold the cursor forever
+        monkeypatch.setattr(storage, "get_asset_check_execution_history",
+                            lambda key, limit: [planned._replace(id=failed.id + 1), planned._replace(id=failed.id + 2)])
+        ctx = dg.build_sensor_context(instance=instance, cursor=ctx.cursor, resources=resources)
+        assert isinstance(retrain_on_drift(ctx), dg.SkipReason)
+        assert json.loads(ctx.cursor)["after_id"] == failed.id + 2

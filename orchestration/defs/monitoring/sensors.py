@@ -24,6 +24,23 @@ def _evaluation(record):
     return event.event_specific_data if event is not None else None
 
 
+def completed_prefix(instance: dg.DagsterInstance, records: list) -> list:
+    """The records up to the first one still PLANNED (its check has not finished), in id order.
+
+    An execution record is created PLANNED and later updated in place to SUCCEEDED / FAILED: a cursor that
+    passed a planned row would never see it fail (the race of issue 17). So the cursor stops before the first
+    planned row and the next tick looks again; a row left PLANNED by a run that has ended (a crash) is
+    passed over, so it cannot hold the cursor forever."""
+    out = []
+    for record in records:
+        if record.status == AssetCheckExecutionRecordStatus.PLANNED:
+            run = instance.get_run_by_id(record.run_id)
+            if run is None or not run.is_finished:
+                break
+        out.append(record)
+    return out
+
+
 @dg.sensor(
     job=jobs.retrain_job,
     minimum_interval_seconds=60,
@@ -34,9 +51,10 @@ def _evaluation(record):
 def retrain_on_drift(context: dg.SensorEvaluationContext, pipeline: DvcPipeline):
     state = json.loads(context.cursor) if context.cursor else {"after_id": 0, "last_request": None}
     records = context.instance.event_log_storage.get_asset_check_execution_history(CHECK_KEY, limit=1000)
-    new = sorted((r for r in records if r.id > state["after_id"]), key=lambda r: r.id)
+    new = completed_prefix(context.instance, sorted((r for r in records if r.id > state["after_id"]),
+                                                    key=lambda r: r.id))
     if not new:
-        return dg.SkipReason("no recommendation_drift evaluation since the last tick")
+        return dg.SkipReason("no completed recommendation_drift evaluation since the last tick")
     state["after_id"] = new[-1].id
     failed = [r for r in new if r.status == AssetCheckExecutionRecordStatus.FAILED]
     if not failed:
