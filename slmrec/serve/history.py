@@ -94,9 +94,14 @@ def filter_rows(table: pa.Table, cfg: SequenceConfig) -> pa.Table:
     return table if keep.all() else table.filter(pa.array(keep))
 
 
+def _dictionary(column: pa.ChunkedArray) -> pa.DictionaryArray:
+    """A string column as (indices, distinct values); an empty column too (it may have no chunk)."""
+    return (column.combine_chunks() if column.num_chunks else pa.array([], pa.string())).dictionary_encode()
+
+
 def _encode(items: pa.ChunkedArray, names: list[str], code_of: dict[str, int]) -> np.ndarray:
     """Item ids -> int32 codes, extending (names, code_of) with ids not seen before."""
-    encoded = items.combine_chunks().dictionary_encode() if items.num_chunks else pa.array([], pa.string()).dictionary_encode()
+    encoded = _dictionary(items)
     local = encoded.dictionary.to_pylist()
     remap = np.empty(len(local), np.int32)
     for n, item in enumerate(local):
@@ -111,7 +116,7 @@ def _encode(items: pa.ChunkedArray, names: list[str], code_of: dict[str, int]) -
 
 def _group(users: pa.ChunkedArray) -> tuple[list[str], np.ndarray]:
     """Rows sorted by user -> (distinct users in order, (U + 1,) offsets)."""
-    encoded = users.combine_chunks().dictionary_encode() if users.num_chunks else pa.array([], pa.string()).dictionary_encode()
+    encoded = _dictionary(users)
     indices = encoded.indices.to_numpy(zero_copy_only=False)
     starts = np.flatnonzero(np.r_[True, indices[1:] != indices[:-1]]) if len(indices) else np.zeros(0, np.int64)
     names = encoded.dictionary.to_pylist()
