@@ -151,6 +151,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         f"rows read {counts['rows_read']}: accepted {counts['accepted']}, quarantined {counts['quarantined']} ({reasons})",
         f"users {counts['users']}, items {counts['items']}, catalog items {counts['catalog_items']}",
     ]
+    if counts.get("catalog_quarantined"):
+        item_reasons = ", ".join(f"{k}={v}" for k, v in counts["catalog_quarantine_reasons"].items())
+        summary.append(f"item records quarantined {counts['catalog_quarantined']} ({item_reasons})")
     if report["already_ingested"]:
         lines.append(f"already ingested ({counts['ingested_at']}): nothing written now; when it was stored:")
         summary = ["  " + line for line in summary]
@@ -175,6 +178,9 @@ def _rebuild(cfg: DataConfig, args: argparse.Namespace) -> int:
              for s in report["sources"]]
     lines.append(f"store {report['db']}: {report['accepted']} interactions, {report['users']} users, "
                  f"{report['items']} items; quarantined {report['quarantined']} ({reasons}); contracts passed")
+    if report.get("catalog_quarantined"):
+        lines.append(f"item records quarantined {report['catalog_quarantined']} "
+                     f"({', '.join(f'{k}={v}' for k, v in report['catalog_quarantine_reasons'].items())})")
     _emit(report, args.json, lines)
     return 0
 

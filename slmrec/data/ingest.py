@@ -43,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from slmrec.data.readers import AMAZON_FIELDS, READERS, ReadResult, event_columns
+from slmrec.data.readers import AMAZON_FIELDS, ITEM_REASONS, READERS, ItemRead, ReadResult, event_columns, read_item_file
 from slmrec.hashing import sha256_file
 
 MAX_TS = 4102444800  # 2100-01-01T00:00:00Z: later timestamps are absurd
@@ -71,6 +71,10 @@ TABLES: dict[str, list[tuple[str, str]]] = {
         ("item_id", "VARCHAR NOT NULL"), ("title", "VARCHAR"), ("categories", "VARCHAR"),
         ("attributes", "VARCHAR"), ("source_file", "VARCHAR NOT NULL"),
     ],
+    "item_quarantine": [  # item-file records that could not be used, with the reason (ITEM_REASONS)
+        ("batch_id", "VARCHAR NOT NULL"), ("source_file", "VARCHAR NOT NULL"), ("record_number", "BIGINT NOT NULL"),
+        ("item_id", "VARCHAR"), ("raw", "VARCHAR"), ("reason", "VARCHAR NOT NULL"),
+    ],
 }  # fmt: skip
 
 
@@ -91,6 +95,9 @@ class IngestReport:
     items: int = 0  # distinct items in this batch's accepted rows
     catalog_items: int = 0  # rows written to `items` from the item file
     catalog_duplicates: int = 0  # item-file records skipped: their id appeared earlier in the file
+    catalog_quarantined: int = 0  # item-file records quarantined (table item_quarantine)
+    catalog_quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    catalog_shape: str | None = None  # which item-file shape was recognised (readers.ITEM_SHAPES)
     column_map: dict[str, str] = field(default_factory=dict)  # canonical -> source column the reader used
     original_batch: dict | None = None  # already_ingested: the counts recorded when the batch was stored
 
@@ -155,7 +162,7 @@ def ingest(
                 return _recorded_report(con, batch)
 
     read = reader.read(path, column_map)  # everything is parsed before the store is touched
-    catalog = reader.read_items(items) if items else None
+    catalog = read_item_file(items) if items else None  # any item-file shape with any format
     batch = dataclasses.replace(batch, column_map=read.column_map)
 
     if not os.path.exists(db):  # a new store appears whole (tables and first batch) or not at all
@@ -314,7 +321,7 @@ WHERE c.reason IS NOT NULL ORDER BY c.row_number, c.item_pos
 """
 
 
-def _write_batch(con, batch: Batch, read: ReadResult, catalog: pa.Table | None) -> IngestReport:
+def _write_batch(con, batch: Batch, read: ReadResult, catalog: ItemRead | None) -> IngestReport:
     rows_read = read.events.num_rows
     con.register("_candidates", read.events.append_column("seq", pa.array(np.arange(rows_read, dtype=np.int64))))
     _run(con, CHECK_SQL, {"ms": MS_THRESHOLD, "max_ts": MAX_TS})
@@ -329,7 +336,8 @@ def _write_batch(con, batch: Batch, read: ReadResult, catalog: pa.Table | None) 
     con.unregister("_lines")
     con.unregister("_candidates")
 
-    catalog_items, catalog_duplicates = _write_items(con, catalog, batch.items) if catalog is not None else (0, 0)
+    catalog_items, catalog_duplicates = _write_items(con, catalog.items, batch.items) if catalog is not None else (0, 0)
+    item_reasons = _write_item_rejects(con, catalog, batch) if catalog is not None else {}
 
     users, n_items = _all(con, "SELECT count(DISTINCT uid), count(DISTINCT iid) FROM _checked WHERE reason IS NULL")[0]
     query = "SELECT reason, count(*) FROM _checked WHERE reason IS NOT NULL GROUP BY reason ORDER BY reason"
@@ -349,8 +357,21 @@ def _write_batch(con, batch: Batch, read: ReadResult, catalog: pa.Table | None) 
         format=batch.fmt, source_file=batch.source, db=batch.db, batch_id=batch.batch_id, already_ingested=False,
         rows_read=rows_read, accepted=accepted, quarantined=quarantined, quarantine_reasons=reasons,
         users=users, items=n_items, catalog_items=catalog_items, catalog_duplicates=catalog_duplicates,
-        column_map=dict(batch.column_map or {}),
+        catalog_quarantined=sum(item_reasons.values()), catalog_quarantine_reasons=item_reasons,
+        catalog_shape=catalog.shape if catalog is not None else None, column_map=dict(batch.column_map or {}),
     )  # fmt: skip
+
+
+def _write_item_rejects(con, catalog: ItemRead, batch: Batch) -> dict[str, int]:
+    """Quarantine the item-file records the reader could not use; counts by reason."""
+    reasons: dict[str, int] = {}
+    for number, item_id, raw, reason in catalog.rejects:
+        if reason not in ITEM_REASONS:
+            raise ValueError(f"{batch.items}: item reader gave an unknown reason {reason!r}")
+        _run(con, "INSERT INTO item_quarantine VALUES (?, ?, ?, ?, ?, ?)",
+             [batch.batch_id, os.path.basename(batch.items), number, item_id, raw, reason])  # fmt: skip
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return dict(sorted(reasons.items()))
 
 
 def _write_items(con, catalog: pa.Table, items_path: str) -> tuple[int, int]:
@@ -385,10 +406,13 @@ def _recorded_report(con, batch: Batch) -> IngestReport:
     users, n_items = _all(con, query, [batch.batch_id])[0]
     query = "SELECT reason, count(*) FROM quarantine WHERE batch_id = ? GROUP BY reason ORDER BY reason"
     reasons = dict(_all(con, query, [batch.batch_id]))
+    query = "SELECT reason, count(*) FROM item_quarantine WHERE batch_id = ? GROUP BY reason ORDER BY reason"
+    item_reasons = dict(_all(con, query, [batch.batch_id])) if "item_quarantine" in _tables(con) else {}
     original = {
         "source_file": source_file, "ingested_at": ingested_at, "rows_read": rows_read, "accepted": accepted,
         "quarantined": quarantined, "quarantine_reasons": reasons, "users": users, "items": n_items,
-        "catalog_items": catalog_items,
+        "catalog_items": catalog_items, "catalog_quarantined": sum(item_reasons.values()),
+        "catalog_quarantine_reasons": item_reasons,
     }  # fmt: skip
     return IngestReport(
         format=batch.fmt, source_file=batch.source, db=batch.db, batch_id=batch.batch_id, already_ingested=True,

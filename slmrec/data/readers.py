@@ -13,9 +13,14 @@ Parquet the 1-based row. A line holding many events (seqtxt, usermap-json) gives
 candidate row per item (`item_pos` 0, 1, ...), so `rows_read` counts events there, and a
 line that cannot be split counts as one row.
 
-An item file (optional) gives an ITEM_SCHEMA table: `categories` and `attributes` are JSON
-text (a list of category names, flattened in order; an object of the other fields).
-Item files are catalogs: a record that cannot be read is an error, not a quarantine row.
+An item file (optional, with any sequence format) gives an ITEM_SCHEMA table: `categories` and
+`attributes` are JSON text (a list of category names, flattened in order; an object of the other
+fields). Its shape is read from its content, not from the sequence format (`read_item_file`,
+ITEM_SHAPES): a RecBole `.item` (typed header), a JSON object keyed by item id (values: an object
+of text fields — Beauty.item.json, Scientific.item.json — or an S3-Rec attribute-id list), or
+Amazon metadata lines. In the JSON object a record that cannot be used (no id, a value that is
+neither an object nor a list, a field of the wrong type) is quarantined with a reason
+(`ItemRead.rejects`); a file that cannot be read at all is an error naming the path.
 """
 
 from __future__ import annotations
@@ -69,8 +74,20 @@ class ReadResult:
 @dataclass(frozen=True)
 class Reader:
     read: Callable[[str, dict[str, str]], ReadResult]  # (path, column_map) -> candidate rows
-    read_items: Callable[[str], pa.Table]  # item/metadata file -> ITEM_SCHEMA
     help: str
+
+
+ITEM_REASONS = ("missing_item_id", "bad_record", "bad_field")
+
+
+@dataclass
+class ItemRead:
+    """An item file read: the catalog rows and the records quarantined (never silently dropped)."""
+
+    items: pa.Table  # ITEM_SCHEMA, file order
+    shape: str  # which ITEM_SHAPES entry read it
+    # (1-based record number, item id or None, raw JSON text of the record, reason in ITEM_REASONS)
+    rejects: list[tuple[int, str | None, str, str]] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- text helpers
@@ -265,19 +282,6 @@ def read_seqtxt(path: str, column_map: dict[str, str]) -> ReadResult:
     return ReadResult(_concat(events, rejects), lines)
 
 
-def read_item_attributes(path: str) -> pa.Table:
-    """S3-Rec `*_item2attributes.json`: {"item_id": [attribute ids]} -> attributes.attribute_ids."""
-    doc = _load_json(path)
-    if not isinstance(doc, dict):
-        raise ValueError(f"{path}: expected a JSON object {{item_id: [attribute ids]}}, got {type(doc).__name__}")
-    rows = []
-    for item, attrs in doc.items():
-        if not isinstance(attrs, list):
-            raise ValueError(f"{path}: item {item!r}: attributes must be a list, got {type(attrs).__name__}")
-        rows.append((item, None, None, _jdump({"attribute_ids": attrs})))
-    return _items(rows)
-
-
 # ----------------------------------------------------------------------------- usermap-json
 
 
@@ -312,20 +316,57 @@ def read_usermap(path: str, column_map: dict[str, str]) -> ReadResult:
 CATEGORY_SPLIT = re.compile(r",(?!\s)")  # "A,B, C,D" -> ["A", "B, C", "D"]: a level name may hold ", "
 
 
-def read_usermap_items(path: str) -> pa.Table:
-    """{"item_id": {"title", "description", "brand", "categories": "A,B,C"}}."""
-    doc = _load_json(path)
-    if not isinstance(doc, dict):
-        raise ValueError(f"{path}: expected a JSON object {{item_id: {{title, ...}}}}, got {type(doc).__name__}")
-    rows = []
-    for item, meta in doc.items():
-        if not isinstance(meta, dict):
-            raise ValueError(f"{path}: item {item!r}: expected an object, got {type(meta).__name__}")
-        cats = meta.get("categories") or ""
-        cats = CATEGORY_SPLIT.split(cats) if isinstance(cats, str) else _flatten(cats)
-        attrs = {k: v for k, v in meta.items() if k not in ("title", "categories") and v not in (None, "")}
-        rows.append((item, meta.get("title") or None, _jdump(_unique(cats)), _jdump(attrs)))
-    return _items(rows)
+TEXT_FIELDS = ("title", "description", "brand")  # must be text when present
+
+
+class _Pairs(list):
+    """A JSON object as its (key, value) pairs: repeated keys are kept, not silently overwritten."""
+
+
+def _as_value(value):
+    if isinstance(value, _Pairs):
+        return {k: _as_value(v) for k, v in value}
+    if isinstance(value, list):
+        return [_as_value(v) for v in value]
+    return value
+
+
+def read_item_map(path: str) -> ItemRead:
+    """{"item_id": record}: a record is an object of text fields or an S3-Rec attribute-id list.
+
+    object: {"title", "categories": "A,B,C" or a (nested) list, "brand", "description", "asin", ...}
+            -> title, categories, the other non-empty fields as attributes (Beauty.item.json,
+            Scientific.item.json, the usermap-json item file)
+    list:   [attribute ids] -> attributes {"attribute_ids": [...]} (S3-Rec *_item2attributes.json)
+    A record of neither kind, an empty id or a text field that is not text is quarantined."""
+    text = read_text(path)
+    try:
+        doc = json.loads(text, object_pairs_hook=_Pairs)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not JSON ({err})") from err
+    if not isinstance(doc, _Pairs):
+        raise ValueError(f"{path}: expected a JSON object {{item_id: record}}, got {type(doc).__name__}")
+    rows, rejects = [], []
+    for number, (item, rec) in enumerate(doc, start=1):
+        rec = _as_value(rec)
+        raw = json.dumps({item: rec}, ensure_ascii=False)
+        item_id = item.strip()
+        if not item_id:
+            rejects.append((number, None, raw, "missing_item_id"))
+        elif isinstance(rec, list):
+            rows.append((item_id, None, None, _jdump({"attribute_ids": rec})))
+        elif not isinstance(rec, dict):
+            rejects.append((number, item_id, raw, "bad_record"))
+        elif any(rec.get(f) is not None and not isinstance(rec[f], str) for f in TEXT_FIELDS) or not isinstance(
+            rec.get("categories") or "", (str, list)
+        ):
+            rejects.append((number, item_id, raw, "bad_field"))
+        else:
+            cats = rec.get("categories") or ""
+            cats = CATEGORY_SPLIT.split(cats) if isinstance(cats, str) else _flatten(cats)
+            attrs = {k: v for k, v in rec.items() if k not in ("title", "categories") and v not in (None, "")}
+            rows.append((item_id, (rec.get("title") or "").strip() or None, _jdump(_unique(cats)), _jdump(attrs)))
+    return ItemRead(_items(rows), "item-map", rejects)
 
 
 def _load_json(path: str):
@@ -681,14 +722,67 @@ def _no_column_map(fmt: str, column_map: dict[str, str]) -> None:
         raise ValueError(f"--column-map applies to the events format only, not {fmt}")
 
 
-def _no_items(path: str) -> pa.Table:
-    raise ValueError(f"{path}: the events format takes no item file")
-
-
 READERS: dict[str, Reader] = {
-    "recbole": Reader(read_recbole, read_recbole_items, "RecBole atomic .inter (+ .item)"),
-    "seqtxt": Reader(read_seqtxt, read_item_attributes, "user item item ... per line (+ item2attributes.json)"),
-    "amazon-json": Reader(read_amazon, read_amazon_meta, "Amazon 2014/2018 reviews (+ metadata)"),
-    "usermap-json": Reader(read_usermap, read_usermap_items, '{"user": [items]} (+ item json)'),
-    "events": Reader(read_events, _no_items, "CSV/TSV/Parquet/JSONL event log with a column map"),
+    "recbole": Reader(read_recbole, "RecBole atomic .inter"),
+    "seqtxt": Reader(read_seqtxt, "user item item ... per line"),
+    "amazon-json": Reader(read_amazon, "Amazon 2014/2018 reviews"),
+    "usermap-json": Reader(read_usermap, '{"user": [items]}'),
+    "events": Reader(read_events, "CSV/TSV/Parquet/JSONL event log with a column map"),
 }
+
+
+# ----------------------------------------------------------------------------- item files, any format
+
+
+def _starts_json_object(head: str) -> bool:
+    return head.lstrip().startswith("{")
+
+
+def _is_recbole_header(head: str) -> bool:
+    first = head.split("\n", 1)[0].rstrip("\r")
+    return all(
+        f.strip().partition(":")[1] and f.strip().partition(":")[2] in RECBOLE_TYPES for f in first.split("\t")
+    )
+
+
+def _is_one_json_value(path: str) -> bool:
+    """True when the whole file parses as one JSON value (an item map), not JSON lines."""
+    try:
+        json.loads(read_text(path))
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class ItemShape:
+    sniff: Callable[[str, str], bool]  # (path, first 64 KiB of text) -> is this the shape
+    read: Callable[[str], ItemRead]
+    help: str
+
+
+def _plain(read: Callable[[str], pa.Table], shape: str) -> Callable[[str], ItemRead]:
+    return lambda path: ItemRead(read(path), shape)
+
+
+# tried in order; the first whose sniff says yes reads the file
+ITEM_SHAPES: dict[str, ItemShape] = {
+    "recbole-item": ItemShape(lambda path, head: _is_recbole_header(head),
+                              _plain(read_recbole_items, "recbole-item"), "RecBole .item, typed header"),
+    "item-map": ItemShape(lambda path, head: _starts_json_object(head) and _is_one_json_value(path), read_item_map,
+                          '{"item_id": {title, categories, brand, ...} | [attribute ids]}'),
+    "amazon-meta": ItemShape(lambda path, head: _starts_json_object(head), _plain(read_amazon_meta, "amazon-meta"),
+                             "Amazon metadata: JSON lines or 2014 dict literals"),
+}  # fmt: skip
+
+
+def read_item_file(path: str) -> ItemRead:
+    """Any item file, with any sequence format: the shape is recognised from the content."""
+    head = read_text(path)[: 1 << 16]
+    for shape in ITEM_SHAPES.values():
+        if shape.sniff(path, head):
+            return shape.read(path)
+    raise ValueError(
+        f"{path}: not an item file of a known shape (first line {head.splitlines()[0][:80] if head else ''!r}); "
+        f"known: " + "; ".join(f"{name}: {s.help}" for name, s in ITEM_SHAPES.items())
+    )

@@ -72,6 +72,8 @@ def rebuild_store(cfg: DataConfig, snapshot_dir: str) -> dict:
         "users": int(interactions["user_id"].nunique()),
         "items": int(interactions["item_id"].nunique()),
         "catalog_items": int(len(catalog)),
+        "catalog_quarantined": sum(r.catalog_quarantined for r in reports),
+        "catalog_quarantine_reasons": _sum_reasons(r.catalog_quarantine_reasons for r in reports),
         "sources": [
             {"file": r.source_file, "format": r.format, "batch_id": r.batch_id, "rows_read": r.rows_read,
              "accepted": r.accepted, "quarantined": r.quarantined}
@@ -91,6 +93,14 @@ def rebuild_store(cfg: DataConfig, snapshot_dir: str) -> dict:
         reproducible=True,
     )
     return report
+
+
+def _sum_reasons(counts) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for c in counts:
+        for reason, n in c.items():
+            total[reason] = total.get(reason, 0) + n
+    return dict(sorted(total.items()))
 
 
 def sequences_stage(

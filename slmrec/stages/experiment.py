@@ -86,7 +86,8 @@ def run_experiment(args: argparse.Namespace, log: Callable = print) -> dict:
         trainers[name]()
     summary = evaluate_models(splits, params, dirs, str(out / "metrics.json"), str(out / "results.md"), log=log)
     summary["dataset"] = {k: stats[k] for k in ("n_users", "n_items", "n_interactions", "dataset_hash")}
-    summary["ingest"] = {k: ingest_report[k] for k in ("rows_read", "accepted", "quarantined", "quarantine_reasons")}
+    summary["ingest"] = {k: ingest_report[k] for k in ("rows_read", "accepted", "quarantined", "quarantine_reasons",
+                                                       "catalog_items", "catalog_quarantined")}
     summary["profile"] = args.profile
     summary["out"] = str(out)
     atomic_write_text(out / "experiment.json", json.dumps({k: v for k, v in summary.items() if k != "table"},

@@ -10,6 +10,7 @@ import duckdb
 import pytest
 
 from slmrec.data import commands
+from slmrec.data import ingest as ingest_module
 from slmrec.data.ingest import TABLES, export_snapshot, ingest, make_batch_id
 
 FIX = Path(__file__).parents[1] / "fixtures" / "ingest"
@@ -36,7 +37,8 @@ def cli(argv, capsys):
 def test_new_store_gets_all_tables_and_batch_row(tmp_path):
     db = tmp_path / "w.duckdb"
     r = ingest("recbole", ML[0], str(db), items=ML[1])
-    assert counts(db) == {"raw_interactions": 12, "quarantine": 0, "ingest_batches": 1, "items": 11}
+    assert counts(db) == {"raw_interactions": 12, "quarantine": 0, "ingest_batches": 1, "items": 11,
+                          "item_quarantine": 0}  # fmt: skip
     with duckdb.connect(str(db), read_only=True) as con:
         query = "SELECT batch_id, format, rows_read, accepted, quarantined, sha256 FROM ingest_batches"
         batch = con.execute(query).fetchall()
@@ -102,13 +104,18 @@ def test_lost_batch_record_still_doubles_nothing(tmp_path):
     assert counts(db)["raw_interactions"] == 2798
 
 
-def test_failure_inside_the_transaction_rolls_back(tmp_path):
+def test_failure_inside_the_transaction_rolls_back(tmp_path, monkeypatch):
     db = tmp_path / "w.duckdb"
     ingest("seqtxt", str(FIX / "seq_bad.txt"), str(db))
     before = counts(db)
     bad_items = tmp_path / "attrs.json"
-    bad_items.write_text('{"5": [1], " ": [2]}')  # empty item id: found after the interactions were inserted
-    with pytest.raises(ValueError, match="empty item id"):
+    bad_items.write_text('{"5": [1], " ": [2]}')  # an empty id is quarantined, then the catalog write fails
+
+    def failing(*args):  # runs after the interactions and the catalog were inserted
+        raise ValueError("boom")
+
+    monkeypatch.setattr(ingest_module, "_write_item_rejects", failing)
+    with pytest.raises(ValueError, match="boom"):
         ingest("seqtxt", str(FIX / "beauty_head.txt"), str(db), items=str(bad_items))
     assert counts(db) == before
 
