@@ -37,7 +37,8 @@ FP16_MAX = torch.finfo(torch.float16).max
 
 
 def state_hash(model: LLMRec) -> str:
-    """sha256 of an LLMRec's config and what it learned (LoRA, input map, score head, item adapter) + its item table.
+    """sha256 of an LLMRec's config and what it learned (LoRA, input map, score head, item adapter and side)
+    + its item table (and text table).
 
     The frozen base weights are fixed by the config (backbone profile/source). Independent of
     requires_grad, so a teacher hashes the same before and after the distiller freezes it.
@@ -45,7 +46,7 @@ def state_hash(model: LLMRec) -> str:
     learned = {
         name: tensor
         for name, tensor in model.state_dict().items()
-        if ".lora_" in name or name.split(".")[0] in ("input_map", "score_head", "item_table", "item_adapter")
+        if ".lora_" in name or name.split(".")[0] in ("input_map", "score_head", "item_table", "item_adapter", "item_side")
     }
     h = hashlib.sha256(json.dumps(model.config_dict(), sort_keys=True, default=str).encode())
     for name, tensor in sorted(learned.items()):

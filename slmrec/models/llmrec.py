@@ -1,6 +1,7 @@
 """E4SRec-style item-ID recommender over a truncated LLM: the teacher and the student (DESIGN.md §3).
 
-    frozen item table (SASRec's)  ->  item adapter (identity unless llm.item_adapter)  ->  table E
+    frozen item table (SASRec's)  ->  item adapter (identity unless llm.item_adapter)
+      -> item side (llm.item_side: id | text | id+text, slmrec/models/item_side.py)  ->  table E
     E  ->  trainable Linear(d_id -> hidden)  ->  item vectors
     [instruction tokens | item vectors of the last L items | response tokens]  ->  LLM trunk + LoRA
     -> hidden state at the objective's positions  ->  Linear(hidden -> d_id, no bias) = u
@@ -43,6 +44,7 @@ from slmrec.config import LLMRecConfig, from_dict, to_dict
 from slmrec.models.backbones import DTYPE_NAMES, Backbone, load_backbone
 from slmrec.models.base import LossOutput, Recommender, mask_padding_column
 from slmrec.models.item_adapters import build_item_adapter
+from slmrec.models.item_side import TextInputs, build_item_side, side_needs_text
 
 # ---------------------------------------------------------------- objectives
 
@@ -153,7 +155,14 @@ class Encoded:
 class LLMRec(Recommender):
     """Teacher or student: a frozen LLM trunk (first `n_layers` layers) with LoRA, input map and score head."""
 
-    def __init__(self, cfg: LLMRecConfig, n_layers: int, item_table: Tensor, backbone: Backbone | None = None):
+    def __init__(
+        self,
+        cfg: LLMRecConfig,
+        n_layers: int,
+        item_table: Tensor,
+        backbone: Backbone | None = None,
+        text: TextInputs | None = None,
+    ):
         super().__init__()
         if cfg.objective not in OBJECTIVES:
             raise ValueError(f"llm.objective: unknown objective {cfg.objective!r}; known: {sorted(OBJECTIVES)}")
@@ -192,16 +201,21 @@ class LLMRec(Recommender):
             self.trunk: nn.Module = get_peft_model(backbone.model, lora)  # only the LoRA weights train
         # built last: `none` draws no random numbers, so the other parts initialise as without adapters
         self.item_adapter = build_item_adapter(cfg.item_adapter, item_table.shape[0], self.d_id, cfg.item_adapter_hidden)
+        if text is not None and text.table.shape[0] != item_table.shape[0]:
+            raise ValueError(f"text table has {text.table.shape[0]} rows, the item table {item_table.shape[0]}")
+        self.item_side = build_item_side(cfg.item_side, self.d_id, text, cfg.item_fusion)  # `id`: no parameters
+        self.d_text = text.table.shape[1] if text is not None else None
         self._prefix_kv: list[tuple[Tensor, Tensor]] | None = None  # set by merge_for_inference
         self.to(backbone.device)
 
     @classmethod
-    def build(cls, cfg: LLMRecConfig, role: str, item_table: Tensor) -> "LLMRec":
-        """`teacher` (cfg.teacher_layers) or `student` (cfg.student_layers), both from the pretrained backbone."""
+    def build(cls, cfg: LLMRecConfig, role: str, item_table: Tensor, text: TextInputs | None = None) -> "LLMRec":
+        """`teacher` (cfg.teacher_layers) or `student` (cfg.student_layers), both from the pretrained backbone;
+        `text`: the prepared item text table, for an item side that reads it."""
         layers = {"teacher": cfg.teacher_layers, "student": cfg.student_layers}
         if role not in layers:
             raise ValueError(f"role must be one of {sorted(layers)}, got {role!r}")
-        return cls(cfg, layers[role], item_table)
+        return cls(cfg, layers[role], item_table, text=text)
 
     # -- parts
 
@@ -286,8 +300,9 @@ class LLMRec(Recommender):
         return Encoded(final, layers, ids, targets, targets[:, -1])
 
     def items(self) -> Tensor:
-        """The item vectors the model reads and scores against: the adapted frozen table, (n_items + 1, d_id)."""
-        return self.item_adapter(self.item_table)
+        """The item vectors the model reads and scores against: the item side over the adapted frozen table,
+        (n_items + 1, d_id)."""
+        return self.item_side(self.item_adapter(self.item_table))
 
     def scores(self, u: Tensor) -> Tensor:
         """u (N, d_id) -> (N, n_items + 1) dot products with every item; column 0 = -inf."""
@@ -366,6 +381,7 @@ class LLMRec(Recommender):
             "n_items": self.n_items,
             "d_id": self.d_id,
             "backbone_source": self.backbone_source,
+            **({"d_text": self.d_text} if self.d_text is not None else {}),  # the text table's width (text sides)
         }
 
     @classmethod
@@ -375,7 +391,9 @@ class LLMRec(Recommender):
         cfg = from_dict(LLMRecConfig, config["llm"])
         if device is not None:
             cfg = dataclasses.replace(cfg, device=device)
-        model = cls(cfg, config["n_layers"], torch.zeros(config["n_items"] + 1, config["d_id"]))
+        rows = config["n_items"] + 1
+        text = TextInputs.empty(rows, config["d_text"]) if side_needs_text(cfg.item_side) else None
+        model = cls(cfg, config["n_layers"], torch.zeros(rows, config["d_id"]), text=text)
         recorded = config.get("backbone_source")
         if recorded != model.backbone_source:
             raise ValueError(

@@ -18,6 +18,11 @@ Training uses every position (each state predicts the next item). Losses, chosen
   bce — binary cross-entropy of the target vs one negative per position, drawn uniformly from
         the items other than the target with torch's global RNG (seeded and checkpointed by fit()).
 `item_embeddings()` is the table the LLM models freeze.
+
+Item side (`sasrec.item_side`, issue 19; slmrec/models/item_side.py): `id` (the ID embedding, as above),
+`id+text` (ID embedding + a trainable map of the frozen item text vector, fused by sum: DESIGN.md §5's
+probe) or `text` (the mapped text vector alone). The same vectors are read at the input and scored
+against; `items()` gives them.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from torch import Tensor, nn
 
 from slmrec.config import SASRecConfig
 from slmrec.models.base import LossOutput, Recommender, mask_padding_column
+from slmrec.models.item_side import TextInputs, build_item_side, side_needs_text
 
 
 class CausalSelfAttention(nn.Module):
@@ -109,7 +115,7 @@ def attention_mask(input_ids: Tensor) -> Tensor:
 
 
 class SASRec(Recommender):
-    def __init__(self, n_items: int, cfg: SASRecConfig):
+    def __init__(self, n_items: int, cfg: SASRecConfig, text: TextInputs | None = None):
         super().__init__()
         if n_items < 1:
             raise ValueError(f"SASRec: n_items must be >= 1, got {n_items}")
@@ -124,6 +130,11 @@ class SASRec(Recommender):
         self.apply(self._init_weights)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()  # padding row
+        if text is not None and text.table.shape[0] != n_items + 1:
+            raise ValueError(f"SASRec: text table has {text.table.shape[0]} rows, expected {n_items + 1}")
+        # built after the weight init: `id` adds nothing and draws no random numbers (results as before)
+        self.item_side = build_item_side(cfg.item_side, cfg.hidden, text, "sum")
+        self.d_text = text.table.shape[1] if text is not None else None
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -140,7 +151,8 @@ class SASRec(Recommender):
         if L > self.cfg.max_len:
             raise ValueError(f"SASRec: input length {L} > max_len {self.cfg.max_len}")
         positions = torch.arange(self.cfg.max_len - L, self.cfg.max_len, device=ids.device)  # (L,)
-        x = self.item_emb(ids) * math.sqrt(self.cfg.hidden) + self.pos_emb(positions)  # (B, L, H)
+        table = self.items()  # (N+1, H)
+        x = F.embedding(ids, table, padding_idx=0) * math.sqrt(self.cfg.hidden) + self.pos_emb(positions)  # (B, L, H)
         x = self.emb_dropout(x)
         allowed = attention_mask(ids)  # (B, 1, L, L)
         for block in self.blocks:
@@ -156,24 +168,31 @@ class SASRec(Recommender):
         has_target = targets != 0
         if not has_target.any():
             raise ValueError("SASRec.calculate_loss: batch has no target")
-        loss = LOSSES[self.cfg.loss](states[has_target], targets[has_target], self.item_emb.weight)
+        loss = LOSSES[self.cfg.loss](states[has_target], targets[has_target], self.items())
         return LossOutput(loss, {self.cfg.loss: loss.item()})
 
     def predict(self, batch: dict[str, Tensor], items: Tensor) -> Tensor:
         u = self.user_state(batch)  # (B, H)
-        return (self.item_emb(items) * u[:, None, :]).sum(-1)  # (B, K)
+        return (self.items()[items] * u[:, None, :]).sum(-1)  # (B, K)
 
     def full_sort_predict(self, batch: dict[str, Tensor]) -> Tensor:
         u = self.user_state(batch)  # (B, H)
-        return mask_padding_column(u @ self.item_emb.weight.T)  # (B, N+1)
+        return mask_padding_column(u @ self.items().T)  # (B, N+1)
+
+    def items(self) -> Tensor:
+        """The item vectors read and scored against (n_items + 1, H): the item side over the ID embedding."""
+        return self.item_side(self.item_emb.weight)
 
     def item_embeddings(self) -> Tensor:
-        """The item table (n_items + 1, H), row 0 = padding; detached (shares storage: clone to keep)."""
-        return self.item_emb.weight.detach()
+        """The item table (n_items + 1, H), row 0 = padding; detached (for `id`, shares storage: clone to keep)."""
+        return self.items().detach()
 
     def config_dict(self) -> dict:
-        return {"n_items": self.n_items, "sasrec": dataclasses.asdict(self.cfg)}
+        return {"n_items": self.n_items, "sasrec": dataclasses.asdict(self.cfg),
+                **({"d_text": self.d_text} if self.d_text is not None else {})}  # fmt: skip
 
     @classmethod
     def from_config_dict(cls, config: dict) -> "SASRec":
-        return cls(config["n_items"], SASRecConfig(**config["sasrec"]))
+        cfg = SASRecConfig(**config["sasrec"])
+        text = TextInputs.empty(config["n_items"] + 1, config["d_text"]) if side_needs_text(cfg.item_side) else None
+        return cls(config["n_items"], cfg, text=text)

@@ -16,6 +16,8 @@ from slmrec.config import DataConfig, Params, load_params
 from slmrec.data.commands import parse_column_map
 from slmrec.stages.data import rebuild_store, sequences_stage
 from slmrec.lineage import atomic_write_text
+from slmrec.models.item_side import side_needs_text
+from slmrec.stages.item_text import build_item_text
 from slmrec.stages.models import evaluate_models, train_llm, train_sasrec
 
 # Layer counts per profile: the paper's 8 -> 4 with B = 4 where the backbone has the depth.
@@ -72,6 +74,11 @@ def run_experiment(args: argparse.Namespace, log: Callable = print) -> dict:
     log(f"splits: {stats['n_users']} users, {stats['n_items']} items, {stats['n_interactions']} interactions")
 
     splits, models, runs = seq_cfg.out_dir, out / "models", str(out / "runs")
+    if side_needs_text(params.sasrec.item_side) or side_needs_text(params.llm.item_side):  # issue 19
+        item_text = dataclasses.replace(params.item_text, out_dir=str(out / "item_text"),
+                                        runs_dir=str(out / "runs" / "item_text"))  # fmt: skip
+        params = dataclasses.replace(params, item_text=item_text)
+        build_item_text(splits, str(interactions), params, item_text.out_dir, log=log)
     chosen = chosen_models(getattr(args, "models", None))
     dirs = {name: str(models / name) for name in chosen}
     trainers = {

@@ -37,6 +37,7 @@ from slmrec.hashing import code_version
 from slmrec.lineage import atomic_write_text, content_hash, write_card
 from slmrec.models.backbones import resolve_device
 from slmrec.models.base import Recommender, seeded
+from slmrec.models.item_side import TextInputs, prepare_text, side_needs_text
 from slmrec.models.llmrec import LLMRec
 from slmrec.models.sasrec import SASRec
 from slmrec.models.checkpoint import load_model, model_class_path, save_atomic
@@ -126,16 +127,30 @@ def train_sasrec(split_dir: str, params: Params, out_dir: str, runs_dir: str = "
     valid = make_eval_examples(splits.valid, cfg.max_len)
     dist = current()
     device = dist.device if dist.distributed else resolve_device(params.llm.device)
+    text, text_key = text_inputs(params, splits.n_items, cfg.item_side)
     with seeded(tcfg.seed):
-        model = SASRec(splits.n_items, cfg).to(device)
+        model = SASRec(splits.n_items, cfg, text=text).to(device)
     ckpt = resume_dir(runs_dir, "sasrec", {
         "params": {"sasrec": to_dict(cfg), "train": to_dict(tcfg), "selection": {"exclude_history": params.eval.exclude_history}},
-        "dataset": splits.dataset_hash, "code": code_version(),
+        "dataset": splits.dataset_hash, "code": code_version(), **({"item_text": text_key} if text_key else {}),
     }, log)
     result = fit(model, train, valid, tcfg, ckpt, log=log, eval_cfg=params.eval)
     counts = {"total": model.num_parameters(), "trainable": model.num_parameters(trainable_only=True)}
+    parents = [split_dir] + ([params.item_text.out_dir] if text_key else [])
     return _finish("sasrec", model, result, Path(out_dir),
-                   {"sasrec": to_dict(cfg), "train": to_dict(tcfg)}, [split_dir], counts)
+                   {"sasrec": to_dict(cfg), "train": to_dict(tcfg)}, parents, counts)
+
+
+def text_inputs(params: Params, n_items: int, side: str, whiten: bool = False) -> tuple[TextInputs | None, str | None]:
+    """The prepared item text table (params.item_text.out_dir) and its content key, for a side that reads
+    text; (None, None) for `id`."""
+    if not side_needs_text(side):
+        return None, None
+    from slmrec.stages.item_text import load_item_text
+
+    found = load_item_text(params.item_text.out_dir, n_items)
+    mask = torch.from_numpy(found.mask)
+    return TextInputs(prepare_text(torch.from_numpy(found.table), mask, whiten), mask), found.key
 
 
 def item_table(sasrec_dir: str) -> torch.Tensor:
@@ -163,16 +178,18 @@ def train_llm(
     train = make_train_examples(splits.train, cfg.max_len, cfg.windows_per_user)
     valid = make_eval_examples(splits.valid, cfg.max_len)
     table = item_table(sasrec_dir)
+    text, text_key = text_inputs(params, splits.n_items, cfg.item_side, cfg.text_whiten)
     dist = current()
     build_cfg = dataclasses.replace(cfg, device=str(dist.device)) if dist.distributed else cfg
     with seeded(tcfg.seed):  # the initial weights depend on the seed only (not on a conversion run before)
-        model: Recommender = LLMRec.build(build_cfg, role, table)
+        model: Recommender = LLMRec.build(build_cfg, role, table, text=text)
     name = "teacher" if role == "teacher" else ("student" if teacher_dir else "student_nokd")
     # the backbone's weight files are parents too: `slmrec lineage --verify` re-hashes them
-    parents: list = [split_dir, sasrec_dir, *model.backbone_files]
+    parents: list = [split_dir, sasrec_dir, *model.backbone_files] + ([params.item_text.out_dir] if text_key else [])
     run_params = {"llm": to_dict(cfg), "train": to_dict(tcfg), "selection": {"exclude_history": params.eval.exclude_history}}
     key = {"params": run_params, "dataset": splits.dataset_hash, "code": code_version(),
-           "sasrec": content_hash(sasrec_dir), "backbone": model.backbone_source}
+           "sasrec": content_hash(sasrec_dir), "backbone": model.backbone_source,
+           **({"item_text": text_key} if text_key else {})}
     extra = {}
     if teacher_dir is not None:
         teacher_ckpt = str(Path(teacher_dir) / MODEL_FILE)

@@ -8,7 +8,8 @@ from orchestration.pipeline import STAGE_POOL, WAREHOUSE_POOL
 from orchestration.promotion import MODELS
 
 REPO = Path(__file__).resolve().parents[2]
-STAGE_ASSETS = {"raw_interactions", "item_catalog", "user_sequences", "dataset_splits", *MODELS, "model_evaluation"}
+STAGE_ASSETS = {"raw_interactions", "item_catalog", "user_sequences", "dataset_splits", "item_text", *MODELS,
+                "model_evaluation"}
 
 
 def test_definitions_load_and_resolve(definitions):

@@ -1,0 +1,172 @@
+"""The item side (issue 19): which item views a recommender reads and scores against (`llm.item_side`).
+
+    side = build_item_side("id+text", id_dim=64, text=TextInputs(table, mask), fusion="gated")
+    E = side(id_table)        # (n_items + 1, d_id): the vectors the model reads (input map) and scores (u . e)
+
+Sides (registered; one interface, no flag branches):
+
+    id        the (adapted) frozen SASRec table as it is (the paper's setup; no parameters)
+    text      the item text table -> a trainable linear map into d_id; items without text get a learned
+              fallback vector (TextView)
+    id+text   both, fused by a registered fusion:
+                sum      e_id + T(text)                      (T starts at zero: the run starts at `id`)
+                gated    e_id + g * T(text), g = sigmoid(W [e_id; T(text)] + b) per dimension (T starts at 0)
+                concat   W [e_id; T(text)] (concat-project; W starts as [I, 0]: the run starts at `id`;
+                         T starts random, else W's text half and T would both get zero gradients)
+
+The text table is the `item_text` stage's output, prepared once by `prepare_text` (mean-centred over the
+items with text, then unit-norm rows — DESIGN.md §5's probe — or, with whitening, PCA-whitened as UniSRec
+does) and held as a persistent buffer, so a checkpoint is self-contained. The score space stays d_id:
+the rest of the model (input map, score head, distillation heads, the KL term) is the same for every side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class TextInputs:
+    """The prepared text table and its mask, as the item side holds them."""
+
+    table: Tensor  # (n_items + 1, d_text) float32, prepared (prepare_text)
+    mask: Tensor  # (n_items + 1,) bool: True = the item has text
+
+    @classmethod
+    def empty(cls, n_rows: int, d_text: int) -> "TextInputs":
+        """Placeholders of the right shape (a checkpoint's buffers replace them when it loads)."""
+        return cls(torch.zeros(n_rows, d_text), torch.zeros(n_rows, dtype=torch.bool))
+
+
+WHITEN_EPS = 1e-5  # added to the covariance eigenvalues: directions with ~no variance are not blown up
+
+
+def prepare_text(table: Tensor, mask: Tensor, whiten: bool = False) -> Tensor:
+    """Centre on the mean of the rows with text; then unit-norm rows, or PCA-whiten (unit variance in every
+    direction, then unit-norm). Rows without text (and row 0) become zeros: the fallback replaces them."""
+    table, mask = table.double(), mask.bool()
+    if not bool(mask.any()):
+        raise ValueError("item text table: no item has text; use item_side id")
+    x = table - table[mask].mean(0)
+    if whiten:
+        cov = x[mask].T @ x[mask] / max(1, int(mask.sum()) - 1)  # (d, d)
+        values, vectors = torch.linalg.eigh(cov)
+        x = x @ vectors / (values.clamp_min(0) + WHITEN_EPS).sqrt()
+    x = F.normalize(x, dim=1)
+    return (x * mask[:, None]).float()
+
+
+class TextView(nn.Module):
+    """T(text) = W t (no bias), or a learned fallback vector for an item without text."""
+
+    def __init__(self, text: TextInputs, d_out: int, zero_init: bool):
+        super().__init__()
+        self.register_buffer("text", text.table.detach().float().clone())  # (n_items + 1, d_text)
+        self.register_buffer("has_text", text.mask.detach().bool().clone())  # (n_items + 1,)
+        self.map = nn.Linear(text.table.shape[1], d_out, bias=False)
+        if zero_init:
+            nn.init.zeros_(self.map.weight)
+        else:  # rows of t are unit-norm: mapped vectors start with norm ~1
+            nn.init.normal_(self.map.weight, std=d_out**-0.5)
+        self.fallback = nn.Parameter(torch.zeros(d_out))
+
+    def forward(self) -> Tensor:
+        mapped = self.map(self.text)  # (n_items + 1, d_out)
+        return torch.where(self.has_text[:, None], mapped, self.fallback.expand_as(mapped))
+
+
+class IdSide(nn.Module):
+    def forward(self, ids: Tensor) -> Tensor:
+        return ids  # (n_items + 1, d_id)
+
+
+class TextSide(nn.Module):
+    def __init__(self, d_id: int, text: TextInputs):
+        super().__init__()
+        self.text = TextView(text, d_id, zero_init=False)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.text()  # (n_items + 1, d_id); the id table only fixed d_id
+
+
+class SumFusion(nn.Module):
+    text_starts_at_zero = True
+
+    def __init__(self, d_id: int):
+        super().__init__()
+
+    def forward(self, e: Tensor, t: Tensor) -> Tensor:
+        return e + t
+
+
+class GatedFusion(nn.Module):
+    text_starts_at_zero = True
+
+    def __init__(self, d_id: int):
+        super().__init__()
+        self.gate = nn.Linear(2 * d_id, d_id)
+        nn.init.zeros_(self.gate.weight)
+        nn.init.zeros_(self.gate.bias)  # g = 0.5 everywhere at start
+
+    def forward(self, e: Tensor, t: Tensor) -> Tensor:
+        return e + torch.sigmoid(self.gate(torch.cat([e, t], -1))) * t
+
+
+class ConcatFusion(nn.Module):
+    text_starts_at_zero = False
+
+    def __init__(self, d_id: int):
+        super().__init__()
+        self.proj = nn.Linear(2 * d_id, d_id, bias=False)
+        with torch.no_grad():
+            self.proj.weight.zero_()
+            self.proj.weight[:, :d_id] = torch.eye(d_id)  # [I, 0]: starts at the id vectors
+
+    def forward(self, e: Tensor, t: Tensor) -> Tensor:
+        return self.proj(torch.cat([e, t], -1))
+
+
+FUSIONS: dict[str, Callable[[int], nn.Module]] = {"sum": SumFusion, "gated": GatedFusion, "concat": ConcatFusion}
+
+
+class IdTextSide(nn.Module):
+    def __init__(self, d_id: int, text: TextInputs, fusion: str):
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"item_fusion: unknown fusion {fusion!r}; known: {sorted(FUSIONS)}")
+        self.text = TextView(text, d_id, zero_init=FUSIONS[fusion].text_starts_at_zero)
+        self.fusion = FUSIONS[fusion](d_id)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.fusion(ids, self.text())  # (n_items + 1, d_id)
+
+
+# name -> (builder(d_id, text, fusion), needs text)
+ITEM_SIDES: dict[str, tuple[Callable[[int, TextInputs | None, str], nn.Module], bool]] = {
+    "id": (lambda d_id, text, fusion: IdSide(), False),
+    "text": (lambda d_id, text, fusion: TextSide(d_id, text), True),
+    "id+text": (lambda d_id, text, fusion: IdTextSide(d_id, text, fusion), True),
+}
+
+
+def side_needs_text(name: str) -> bool:
+    if name not in ITEM_SIDES:
+        raise ValueError(f"item_side: unknown item side {name!r}; known: {sorted(ITEM_SIDES)}")
+    return ITEM_SIDES[name][1]
+
+
+def build_item_side(name: str, d_id: int, text: TextInputs | None = None, fusion: str = "sum") -> nn.Module:
+    if side_needs_text(name) and text is None:
+        raise ValueError(f"item_side {name!r} reads the item text table: give it (slmrec item-text, --item-text)")
+    if not side_needs_text(name) and text is not None:
+        raise ValueError(f"item_side {name!r} reads no text, but a text table was given")
+    builder, _ = ITEM_SIDES[name]
+    return builder(d_id, text, fusion)
+
+
+__all__ = ["ITEM_SIDES", "FUSIONS", "TextInputs", "TextView", "prepare_text", "build_item_side", "side_needs_text"]
