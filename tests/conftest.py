@@ -10,14 +10,10 @@ from slmrec.config import SequenceConfig
 from slmrec.lineage import write_card
 
 
-def write_tiny_splits(root: Path, n_users: int = 16, n_items: int = 12, length: int = 10) -> Path:
-    """Leave-one-out splits (build_splits) of users walking an item cycle: every train sequence fills a
-    window of llm.max_len, so every example has the same number of targets (1 vs 2 processes agree)."""
-    from slmrec.data.sequences import build_splits
-
-    snap = root / "snap"
-    snap.mkdir()
-    rows = [(f"u{u:02d}", f"i{(u + k) % n_items:02d}", k) for u in range(n_users) for k in range(length)]
+def write_snapshot(snap: Path, rows: list[tuple[str, str, int]], items: pa.Table | None = None) -> Path:
+    """An ingest snapshot (interactions.parquet + items.parquet) of (user, item, ts) rows, as export_snapshot
+    writes it; `items`: the catalogue (default: none)."""
+    snap.mkdir(parents=True, exist_ok=True)
     n = len(rows)
     pq.write_table(
         pa.table(
@@ -36,7 +32,17 @@ def write_tiny_splits(root: Path, n_users: int = 16, n_items: int = 12, length: 
         snap / "interactions.parquet",
     )
     no_titles = pa.table({"item_id": pa.array([], pa.string()), "title": pa.array([], pa.string())})
-    pq.write_table(no_titles, snap / "items.parquet")
+    pq.write_table(items if items is not None else no_titles, snap / "items.parquet")
+    return snap
+
+
+def write_tiny_splits(root: Path, n_users: int = 16, n_items: int = 12, length: int = 10) -> Path:
+    """Leave-one-out splits (build_splits) of users walking an item cycle: every train sequence fills a
+    window of llm.max_len, so every example has the same number of targets (1 vs 2 processes agree)."""
+    from slmrec.data.sequences import build_splits
+
+    rows = [(f"u{u:02d}", f"i{(u + k) % n_items:02d}", k) for u in range(n_users) for k in range(length)]
+    snap = write_snapshot(root / "snap", rows)
     build_splits(snap, SequenceConfig(k_core=0, out_dir=str(root / "splits")))
     write_card(root / "splits", "splits", reproducible=True)
     return root / "splits"

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import write_snapshot
 from slmrec.config import ItemTextConfig, LLMRecConfig, Params, SequenceConfig
 from slmrec.data.item_text import catalogue_fields, item_texts, render, template_fields
 from slmrec.lineage import read_card, write_card
@@ -22,22 +23,13 @@ def write_catalogue_splits(root: Path) -> tuple[Path, Path]:
     """Users walking 9 items; items 1..8 have text (3 and 7 the same text), item 'i8' has none."""
     from slmrec.data.sequences import build_splits
 
-    snap = root / "snap"
-    snap.mkdir(parents=True)
     rows = [(f"u{u}", f"i{(u + k) % N_ITEMS}", k) for u in range(12) for k in range(6)]
-    n = len(rows)
-    pq.write_table(pa.table({
-        "user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows], "ts": pa.array([r[2] for r in rows], pa.int64()),
-        "rating": pa.array([None] * n, pa.float64()), "event": pa.array([None] * n, pa.string()),
-        "source_file": ["x"] * n, "row_number": pa.array(range(1, n + 1), pa.int64()),
-        "item_pos": pa.array([0] * n, pa.int32()), "batch_id": ["b"] * n,
-    }), snap / "interactions.parquet")  # fmt: skip
     titles = {f"i{i}": f"Lipstick {i} red" for i in range(8)}
     titles["i7"] = titles["i3"]
     items = [{"item_id": k, "title": v, "categories": json.dumps(["Beauty", "Makeup", "Lips"]),
-              "attributes": json.dumps({"brand": "Acme"} if k != "i7" else {"brand": "Acme"})}
+              "attributes": json.dumps({"brand": "Acme"})}
              for k, v in titles.items()]  # fmt: skip
-    pq.write_table(pa.Table.from_pylist(items), snap / "items.parquet")
+    snap = write_snapshot(root / "snap", rows, pa.Table.from_pylist(items))
     build_splits(snap, SequenceConfig(k_core=0, out_dir=str(root / "splits")))
     write_card(root / "splits", "splits", reproducible=True)
     write_card(snap, "interactions", reproducible=True)
