@@ -24,12 +24,19 @@ $(BIN)/.installed: pyproject.toml requirements.lock
 	$(BIN)/uv pip install -q --python $(BIN)/python -c requirements.lock -e '.[dev]'
 	# Dagster 1.13's asset-selection parser needs antlr4 4.13; DVC's hydra pins 4.9 (used only by `dvc exp run -S`)
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps antlr4-python3-runtime==4.13.2
+	rm -f $(BIN)/dvc  # one DVC CLI: .venv-dvc/bin/dvc (this venv's would fail on `exp run -S`, the antlr clash)
 	touch $@
 
+# One DVC: .venv-dvc/bin/dvc is a wrapper that puts .venv/bin first on PATH (the stage commands are `slmrec ...`)
+# and runs the real CLI (dvc.real), so `.venv-dvc/bin/dvc exp run -S ...` works from any shell; .venv's own
+# `dvc` script (the package is a dependency of slmrec, for `python -m dvc`) is removed so no second CLI exists.
 $(DVC_VENV)/.installed: requirements-dvc.lock
 	$(PYTHON) -m venv $(DVC_VENV)
 	$(DVC_VENV)/bin/pip install -q $(UV)
 	$(DVC_VENV)/bin/uv pip install -q --python $(DVC_VENV)/bin/python -r requirements-dvc.lock
+	mv -f $(DVC_VENV)/bin/dvc $(DVC_VENV)/bin/dvc.real
+	printf '#!/bin/sh\n# DVC for this project: stage commands run with the project venv first on PATH\nroot="$$(cd "$$(dirname "$$0")/../.." && pwd)"\nPATH="$$root/.venv/bin:$$PATH" DVC_NO_ANALYTICS=1 exec "$$root/$(DVC_VENV)/bin/dvc.real" "$$@"\n' > $(DVC_VENV)/bin/dvc
+	chmod +x $(DVC_VENV)/bin/dvc
 	mkdir -p $(DVC_SHIM) && ln -sf ../bin/dvc $(DVC_SHIM)/dvc
 	touch $@
 
@@ -93,7 +100,12 @@ clean:
 chromium:
 	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
 
-## Monitoring replay on ML-100K (README "Monitoring"): real later days, then a planted shift
+## Monitoring replay on ML-100K through the Dagster definitions (README "Monitoring"): calibrate the thresholds on
+## honest Dec 1997 + Jan 1998, count false alarms on honest Feb + Mar 1998, then plant each shift in Feb 1998
+REPLAY := OMP_NUM_THREADS=1 $(BIN)/python -m orchestration.replay
 replay: install
-	$(BIN)/slmrec replay --scenario honest --days 10 --epochs 3 --out results/replay/honest
-	$(BIN)/slmrec replay --scenario shift --days 10 --shift-day 4 --shift-share 0.5 --epochs 3 --out results/replay/shift
+	for c in 1997-12-01 1998-01-01; do $(REPLAY) calibrate --cutoff $$c --start $$c --days 21 --out results/replay/calibration/$$c; done
+	$(REPLAY) thresholds --from results/replay/calibration/1997-12-01/replay.json results/replay/calibration/1998-01-01/replay.json --out results/replay/thresholds.json
+	for c in 1998-02-01 1998-03-01; do $(REPLAY) run --scenario honest --cutoff $$c --start $$c --days 21 --thresholds results/replay/thresholds.json --out results/replay/honest/$$c; done
+	for s in cold_ids taste popularity degraded pipeline; do $(REPLAY) run --scenario $$s --cutoff 1998-02-01 --start 1998-02-01 --days 21 --shift-day 8 --thresholds results/replay/thresholds.json --out results/replay/$$s; done
+	$(REPLAY) table --from results/replay --out results/replay/table.md

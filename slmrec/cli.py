@@ -16,7 +16,7 @@ COMMAND_MODULES = [
     "slmrec.stages.commands",  # train-sasrec, train-teacher, train-student, evaluate, experiment
     "slmrec.lineage",  # lineage
     "slmrec.serve.commands",  # recommend, serve
-    "slmrec.monitor.commands",  # monitor, monitor-reference, replay
+    "slmrec.monitor.commands",  # monitor, monitor-reference
 ]
 
 

@@ -229,6 +229,7 @@ class AutomationConfig:
     """Schedules, sensors, alerts and where stages run (orchestration/defs/automation)."""
 
     retrain_cron: str = "0 3 * * 1"  # weekly, Monday 03:00 UTC; the schedule starts stopped (turn on in the UI)
+    daily_cron: str = "0 2 * * *"  # yesterday's recommendations + monitoring (schedule daily_recommendations)
     alerts_file: str = "results/alerts.jsonl"  # the run-failure sensor appends one JSON line per failed run
     stage_runner: str = "local"  # local (Pipes subprocess) | k8s (Pipes + a GPU pod per heavy stage)
     k8s: K8sConfig = field(default_factory=K8sConfig)
@@ -269,15 +270,16 @@ class MonitoringConfig:
 
     k: int = 10  # the cut-off of the quality and bias metrics (= serve.k, the list length served)
     out_dir: str = "results/monitoring"  # HTML + JSON report per partition
-    # reference windows (slmrec/monitor/build.py): a model's lists on its test period with the known next
-    # items, one file per model (<content hash[:16]>.parquet), built by the monitoring asset when missing
+    # reference windows (slmrec/monitor/build.py): the window rule over the model's last training days, one
+    # file per model and rule (<content hash[:16]>-<spec>.parquet), built by the monitoring asset when missing
     reference_dir: str = "results/monitoring/reference"
     score_drift_method: str = "wasserstein"  # Evidently ValueDrift method on the recommendation scores (pinned)
     # normed Wasserstein (distance / reference std). Evidently's default is 0.1, but a window of ~20-70 users
     # against the 735-user test-period reference moves 0.24-0.46 on honest ML-100K days (README replay)
     score_drift_threshold: float = 1.0
     input_drift_method: str = "wasserstein"  # ValueDrift method on the users' history lengths
-    input_drift_threshold: float = 1.0  # history lengths are heavy-tailed: honest windows reach 0.72 (replay)
+    input_drift_threshold: float = 1.0  # normed Wasserstein on history lengths
+    recent_popularity_threshold: float = 1.0  # normed Wasserstein on the popularity of what users turn to now
     max_ndcg_drop: float = 0.5  # relative drop of NDCG@k vs the reference (once ground truth is in)
     max_popularity_change: float = 0.3  # relative change of the average recommendation popularity (ARP)
     max_unknown_item_share: float = 0.1  # share of history items the model does not know (honest: <= 0.05)
@@ -288,6 +290,8 @@ class MonitoringConfig:
     window_days: int = 7
     truth_days: int = 7  # delayed ground truth: interactions within this many days after the list count
     retrain_cooldown_hours: float = 24.0  # the drift sensor requests at most one retraining per cooldown
+    # the drift sensor stops (alert) after this many drift retrains in a row that did not end the drift
+    max_drift_retrains: int = 2
 
 
 @dataclass

@@ -27,6 +27,7 @@ import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata as _md
 from pathlib import Path
+from typing import Callable
 from typing import Any
 
 from slmrec.hashing import sha256_file
@@ -160,20 +161,27 @@ def fsync_path(path: str | Path) -> None:
         os.close(fd)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
+def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
+    """The one way files are written: `write(tmp)` fills a temp file next to `path`, which is fsynced and then
+    renamed over `path` (and the folder fsynced): a reader or a power loss sees the old file or the new one,
+    never half of one; a failed `write` leaves `path` untouched and no temp file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes, then the name: a power loss leaves the old file or the new one
+        write(tmp)
+        fsync_path(tmp)  # the bytes, then the name
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     fsync_path(path.parent)
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 @dataclass

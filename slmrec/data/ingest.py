@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 import uuid
 import dataclasses
@@ -45,6 +44,7 @@ import pyarrow.parquet as pq
 
 from slmrec.data.readers import AMAZON_FIELDS, ITEM_REASONS, READERS, ItemRead, ReadResult, event_columns, read_item_file
 from slmrec.hashing import sha256_file
+from slmrec.lineage import atomic_write
 
 MAX_TS = 4102444800  # 2100-01-01T00:00:00Z: later timestamps are absurd
 MS_THRESHOLD = 1e11  # a median above this is milliseconds (1e11 s is the year 5138)
@@ -459,11 +459,4 @@ def export_snapshot(db: str, out_dir: str) -> dict:
 
 
 def _write_parquet_atomic(table: pa.Table, path: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=".parquet")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, compression="zstd", row_group_size=1 << 20)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd", row_group_size=1 << 20))

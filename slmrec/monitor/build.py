@@ -1,47 +1,45 @@
-"""Build monitoring windows from what the pipeline leaves on disk, and monitor one day.
+"""Monitoring windows, all built by one rule, and the monitoring of one day.
 
-    ref = reference_window(rec, load_splits("data/splits"), k=10)   # the model's lists on its test period
-    cur = day_window("results/recommendations/1998-03-01.parquet", "data/warehouse.duckdb",
-                     "1998-03-01", known_items, truth_days=7)     # that day's lists + what came after
-    summary = monitor_day(...)                                      # both, the Evidently report, the verdict
+    ref, built = ensure_reference("models/deployed/<hash>/model", "results/monitoring/reference", cfg)
+    summary = monitor_day("1998-03-01", "results/recommendations", "data/warehouse.duckdb", splits_dir, ref, cfg)
 
-The reference is the promoted model's top-K for every test user from the history it was evaluated on
-(train + validation items), with the held-out test item as the known next item: the quality the
-model had when it was promoted. It is stored per model (`reference_path`), so a new promoted model
-gets a new reference and an old report stays comparable with what it was judged against.
+**The rule** (`assemble_window`): for a span of days, the users active in them (at least one interaction
+that passes the splits' filters); each user's latest list of the span — made with their history as of
+the end of that list's day; the inputs (history length, unknown-item share, cold start, the popularity of
+what they turned to in the span) from that history; and as delayed ground truth the items of their next
+`truth_days` days, each with the rank the model gives it over the whole catalogue.
 
-A day's current window: the batch recommendations (contract (a)) of the `window_days` partitions
-ending with that day (ML-100K has ~12 active users a day: one day alone is too few to judge), made
-by the model of the reference; each user's history as the store held it at the end of their list's
-day for the input features; and the interactions the store holds from that day's end to
-`truth_days` later as delayed ground truth — empty until later days are ingested, so the quality
-part of a day's report fills in when it is re-run.
+- A **current window** (`monitor_day`): the span = the `window_days` partitions ending with the day; the
+  lists are the batch recommendations (contract (a)) the promoted model published for them.
+- The **reference window** (`reference_window`): the same rule over the `window_days` days that end
+  `truth_days` + 1 days before the model's training data ends (so their ground truth is complete and
+  inside it); its lists are made now by the same model through the same batch function, point in time.
+  An honest period therefore has no built-in difference in who is measured or how: same user selection,
+  same history rule, same truth horizon. One difference remains and is known: the reference's truth
+  items were training interactions (leave-one-out trains on all but each user's last two), so its
+  NDCG@k is optimistic; `max_ndcg_drop` is calibrated on honest periods after the cutoff with that in.
+
+Histories, the active users and the truth come from the serving side's HistoryStore (the splits' filters
+and order): the one history query. Days come from slmrec.days.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import hashlib
+import json
 from pathlib import Path
 
-import duckdb
 import pandas as pd
+import pyarrow.parquet as pq
 
 from slmrec.config import MonitoringConfig
-from slmrec.data.sequences import Splits, load_splits
+from slmrec.data.sequences import SEQUENCES_FILE, Splits, load_splits
+from slmrec.days import DAY, day_bounds, day_name, days_ending, shift_day
 from slmrec.monitor.report import monitor, save_report
 from slmrec.monitor.verdict import judge
 from slmrec.monitor.window import Window, input_features, read_window, write_window
 
-DAY = 86_400
-
-
-def day_bounds(day: str) -> tuple[int, int]:
-    """'YYYY-MM-DD' -> [start, end) in unix seconds, UTC (the store's ts unit)."""
-    try:
-        start = dt.datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc)
-    except ValueError as err:
-        raise ValueError(f"day must be YYYY-MM-DD, got {day!r}") from err
-    return int(start.timestamp()), int(start.timestamp()) + DAY
+REFERENCE_RULE = 2  # bump when the reference rule changes: old reference files are then rebuilt, not reused
 
 
 def train_interactions(splits: Splits) -> pd.DataFrame:
@@ -51,86 +49,119 @@ def train_interactions(splits: Splits) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["user_id", "item_id"])
 
 
-def reference_window(rec, splits: Splits, k: int, batch_size: int = 256) -> Window:
-    """The model's top-k for each test user from its evaluation history, the test item as ground truth.
-
-    `rec` is a slmrec.serve.Recommender (the one inference path: same ranking and exclusion as evaluation).
-    """
-    from slmrec.serve.recommender import Query  # the serving side is imported only where it is used
-
-    histories = [[splits.item_ids[i] for i in history] for history, _t in splits.test]
-    rows = []
-    for start in range(0, len(histories), batch_size):
-        answers = rec.answer([Query(k=k, items=h) for h in histories[start:start + batch_size]])
-        for offset, answer in enumerate(answers):
-            if isinstance(answer, Exception):
-                raise answer  # every test user has a known history: a failure here is a real error
-            user = splits.user_ids[start + offset]
-            rows += [(user, r + 1, item, score) for r, (item, score) in enumerate(zip(answer.items, answer.scores))]
-    recs = pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "score"])
-    truth = pd.DataFrame({"user_id": splits.user_ids, "item_id": [splits.item_ids[t] for _h, t in splits.test]})
-    inputs = pd.DataFrame({"user_id": splits.user_ids, "history_len": [float(len(h)) for h in histories],
-                           "unknown_share": 0.0, "cold_start": 0.0})
-    return Window(recs=recs, truth=truth, inputs=inputs)
+def item_popularity(train: pd.DataFrame) -> dict[str, float]:
+    """item -> share of training users who interacted with it (Evidently's ARP popularity)."""
+    users = train["user_id"].nunique()
+    return (train.drop_duplicates().groupby("item_id")["user_id"].count() / max(users, 1)).to_dict()
 
 
-def reference_path(reference_dir: str | Path, model_hash: str) -> Path:
-    return Path(reference_dir) / f"{model_hash[:16]}.parquet"
+def data_end(splits_dir: str | Path) -> int:
+    """The last interaction time (unix s) of the model's training data (the splits' sequences)."""
+    ts = pq.read_table(Path(splits_dir) / SEQUENCES_FILE, columns=["ts"]).column("ts")
+    if len(ts) == 0:
+        raise ValueError(f"{splits_dir}: no sequences, no training period")
+    return int(ts.to_numpy().max())
 
 
-def ensure_reference(model_dir: str | Path, reference_dir: str | Path, k: int, splits: str | Path | None = None,
-                     db: str | Path | None = None) -> tuple[Path, bool]:
-    """The reference window file of the model in `model_dir`, built when missing. Returns (path, built)."""
-    from slmrec.serve.recommender import Recommender
-
-    rec = Recommender.load(model_dir, splits, db)
-    path = reference_path(reference_dir, rec.model_hash)
-    if path.is_file():
-        return path, False
-    write_window(reference_window(rec, load_splits(rec.sources.splits_dir), k), path)
-    return path, True
+def reference_days(splits_dir: str | Path, cfg: MonitoringConfig) -> list[str]:
+    """The reference span: `window_days` days ending truth_days + 1 days before the training data's last day."""
+    return days_ending(shift_day(day_name(data_end(splits_dir)), -(cfg.truth_days + 1)), cfg.window_days)
 
 
-def _interactions(con, users: list[str], end_ts: int) -> pd.DataFrame:
-    con.register("_users", pd.DataFrame({"user_id": users}))
-    rows = con.execute(
-        """SELECT r.user_id, r.item_id, r.ts FROM raw_interactions r JOIN _users u USING (user_id)
-           WHERE r.ts < ? ORDER BY r.user_id, r.ts, r.source_file, r.row_number, r.item_pos""", [end_ts]).df()
-    con.unregister("_users")
-    return rows.astype({"user_id": str, "item_id": str})
+def window_lists(rec, days: list[str], k: int) -> pd.DataFrame:
+    """The lists the batch job would publish for `days`: users active each day, history as of its end."""
+    from slmrec.serve.batch import batch_recommendations
+    from slmrec.serve.history import active_users
+
+    frames = [batch_recommendations(rec, users, k, day, as_of=day_bounds(day)[1])
+              for day in days if (users := active_users(rec.sources.db, day))]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["user_id", "rank", "item_id", "score", "model", "partition"])
 
 
-def window_days(day: str, days: int) -> list[str]:
-    """The `days` partitions ending with `day`, oldest first."""
-    start, _ = day_bounds(day)
-    return [dt.datetime.fromtimestamp(start - n * DAY, dt.timezone.utc).strftime("%Y-%m-%d")
-            for n in range(days - 1, -1, -1)]
+def assemble_window(lists: pd.DataFrame, rec, days: list[str], popularity: dict[str, float], truth_days: int,
+                    truth_end: int | None = None) -> Window:
+    """The one window rule (module doc). `lists`: batch recommendations of `days` (column `partition`);
+    `rec`: the model that made them (its store, item vocabulary and ranks); `truth_end`: no truth at or
+    after this time (the reference stays inside the training data)."""
+    from slmrec.serve.challenge import serving_ranks
+    from slmrec.serve.history import active_users
 
-
-def current_window(recs: pd.DataFrame, db: str | Path, days: list[str], known_items: set[str],
-                   truth_days: int) -> Window:
-    """The current window over the partitions `days`: each user's latest list (column `partition`), the
-    inputs of the listed users and of every user active in those days (history at the end of the user's
-    list day, or of the window), and each listed user's interactions in the `truth_days` after the list."""
-    recs = recs.astype({"user_id": str, "partition": str})
-    latest = recs.groupby("user_id")["partition"].max()
-    recs = recs[recs["partition"] == recs["user_id"].map(latest)]
+    lists = lists.astype({"user_id": str, "partition": str})
+    latest = lists.groupby("user_id")["partition"].max()
+    lists = lists[lists["partition"] == lists["user_id"].map(latest)]
     start, _ = day_bounds(days[0])
     _, end = day_bounds(days[-1])
-    user_end = {u: day_bounds(p)[1] for u, p in latest.items()}
-    with duckdb.connect(str(db), read_only=True) as con:
-        # a user the model could not serve (no known item) gets no list, and must still count as cold start
-        active = con.execute("SELECT DISTINCT user_id FROM raw_interactions WHERE ts >= ? AND ts < ?",
-                             [start, end]).df()["user_id"].astype(str)
-        users = sorted(set(latest.index) | set(active))
-        rows = _interactions(con, users, end + truth_days * DAY)
-    cut = rows["user_id"].map(lambda u: user_end.get(u, end))
-    histories: dict[str, list[str] | None] = {u: None for u in users}
-    for user, group in rows[rows["ts"] < cut].groupby("user_id", sort=False):
-        histories[user] = group["item_id"].tolist()
-    later = rows[(rows["ts"] >= cut) & (rows["ts"] < cut + truth_days * DAY) & rows["user_id"].isin(user_end)]
-    return Window(recs=recs, truth=later[["user_id", "item_id"]] if len(later) else None,
-                  inputs=input_features(histories, known_items))
+    store = rec.history
+    active = {u for day in days for u in active_users(rec.sources.db, day)}
+    users = sorted(set(latest.index) | active)  # a user the model could not serve still counts (cold start)
+    known = set(rec.item_index)
+    histories, recent, examples, owners = {}, {}, [], []
+    for user in users:
+        cut = day_bounds(latest[user])[1] if user in latest.index else end
+        history = store.get(user, cut)
+        histories[user] = history
+        before = store.get(user, start) or []
+        recent[user] = (history or [])[len(before):]
+        if user not in latest.index or not history:
+            continue
+        horizon = cut + truth_days * DAY if truth_end is None else min(cut + truth_days * DAY, truth_end)
+        later = (store.get(user, horizon) or [])[len(history):]
+        for item in dict.fromkeys(later):
+            if item not in history:  # an item seen again is excluded from the list by the protocol: not truth
+                examples.append((history, item))
+                owners.append((user, item))
+    truth = None
+    if examples:
+        ranks = serving_ranks(rec, examples)
+        truth = pd.DataFrame(owners, columns=["user_id", "item_id"]).assign(rank=ranks)
+    return Window(recs=lists[["user_id", "rank", "item_id", "score"]], truth=truth,
+                  inputs=input_features(histories, known, recent, popularity))
+
+
+def reference_window(rec, splits_dir: str | Path, cfg: MonitoringConfig) -> Window:
+    """The model's reference window: the rule over `reference_days`, lists made now by `rec` (point in time)."""
+    days = reference_days(splits_dir, cfg)
+    splits = load_splits(splits_dir)
+    lists = window_lists(rec, days, cfg.k)
+    if lists.empty:
+        raise ValueError(f"no active user the model can serve in its reference span {days[0]}..{days[-1]}")
+    end = day_bounds(day_name(data_end(splits_dir)))[0]
+    return assemble_window(lists, rec, days, item_popularity(train_interactions(splits)), cfg.truth_days, end)
+
+
+def reference_key(model_hash: str, cfg: MonitoringConfig) -> str:
+    """<model hash[:16]>-<what else determines the reference>: the rule version, k, window and truth days."""
+    spec = json.dumps({"rule": REFERENCE_RULE, "k": cfg.k, "window_days": cfg.window_days,
+                       "truth_days": cfg.truth_days}, sort_keys=True)
+    return f"{model_hash[:16]}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
+
+
+def reference_path(reference_dir: str | Path, model_hash: str, cfg: MonitoringConfig) -> Path:
+    return Path(reference_dir) / f"{reference_key(model_hash, cfg)}.parquet"
+
+
+def reference_model(reference_file: str | Path) -> str:
+    """The model (content hash prefix) a reference window belongs to: the first part of its file name."""
+    return Path(reference_file).stem.split("-")[0]
+
+
+def load_recommender(model_dir, splits=None, db=None):
+    from slmrec.serve.recommender import Recommender
+
+    return Recommender.load(model_dir, splits, db)
+
+
+def ensure_reference(model_dir: str | Path, reference_dir: str | Path, cfg: MonitoringConfig,
+                     splits: str | Path | None = None, db: str | Path | None = None, rec=None) -> tuple[Path, bool]:
+    """The reference window file of the model in `model_dir` (or `rec`, loaded), built when missing.
+    Returns (path, built)."""
+    rec = rec or load_recommender(model_dir, splits, db)
+    path = reference_path(reference_dir, rec.model_hash, cfg)
+    if path.is_file():
+        return path, False
+    write_window(reference_window(rec, rec.sources.splits_dir, cfg), path)
+    return path, True
 
 
 def monitor_windows(reference: Window, current: Window, train: pd.DataFrame, cfg: MonitoringConfig,
@@ -144,31 +175,35 @@ def monitor_windows(reference: Window, current: Window, train: pd.DataFrame, cfg
             "files": {name: str(p) for name, p in paths.items()}}
 
 
-def reference_model(reference_file: str | Path) -> str:
-    """The model (content hash prefix) a reference window belongs to: its file name (reference_path)."""
-    return Path(reference_file).stem
-
-
-def monitor_day(day: str, recs_dir: str | Path, db: str | Path, splits_dir: str | Path, reference_file: str | Path,
-                cfg: MonitoringConfig, out_dir: str | Path | None = None) -> dict:
-    """Monitor the batch recommendations of the `monitoring.window_days` partitions ending with `day`
-    (recs_dir/<day>.parquet, contract (a)), made by the reference's model, against that reference.
-    The report goes under out_dir (default monitoring.out_dir/day)."""
+def current_window(day: str, recs_dir: str | Path, rec, cfg: MonitoringConfig, popularity: dict[str, float]) -> Window:
+    """The rule over the `window_days` partitions ending with `day`, lists = rec's published batch files."""
     recs_dir = Path(recs_dir)
     if not (recs_dir / f"{day}.parquet").is_file():
         raise FileNotFoundError(f"no recommendations for {day}: {recs_dir / f'{day}.parquet'} "
                                 "(materialize `recommendations` for that partition first)")
-    days = window_days(day, cfg.window_days)
-    model = reference_model(reference_file)
+    days = days_ending(day, cfg.window_days)
     frames = [pd.read_parquet(recs_dir / f"{d}.parquet") for d in days if (recs_dir / f"{d}.parquet").is_file()]
     recs = pd.concat(frames, ignore_index=True)
-    recs = recs[recs["model"].astype(str).str.startswith(model)]
+    recs = recs[recs["model"].astype(str) == rec.model_hash]
     if recs.empty:
-        raise ValueError(f"no recommendation lists of model {model} in {recs_dir} for {days[0]}..{day}")
-    splits = load_splits(splits_dir)
-    current = current_window(recs, db, days, {i for i in splits.item_ids[1:]}, cfg.truth_days)
+        raise ValueError(f"no recommendation lists of model {rec.model_hash[:16]} in {recs_dir} for {days[0]}..{day}")
+    return assemble_window(recs, rec, days, popularity, cfg.truth_days)
+
+
+def monitor_day(day: str, recs_dir: str | Path, model_dir: str | Path, reference_file: str | Path,
+                cfg: MonitoringConfig, out_dir: str | Path | None = None, splits: str | Path | None = None,
+                db: str | Path | None = None, rec=None) -> dict:
+    """Monitor the batch recommendations of the `monitoring.window_days` partitions ending with `day`
+    (recs_dir/<day>.parquet, contract (a)), made by the model in `model_dir`, against its reference.
+    The report goes under out_dir (default monitoring.out_dir/day)."""
+    rec = rec or load_recommender(model_dir, splits, db)
+    model = reference_model(reference_file)
+    if not rec.model_hash.startswith(model):
+        raise ValueError(f"reference {reference_file} belongs to model {model}, not to {rec.model_hash[:16]}")
+    train = train_interactions(load_splits(rec.sources.splits_dir))
+    current = current_window(day, recs_dir, rec, cfg, item_popularity(train))
     reference = read_window(reference_file)
-    return monitor_windows(reference, current, train_interactions(splits), cfg,
-                           out_dir or Path(cfg.out_dir) / day,
+    days = days_ending(day, cfg.window_days)
+    return monitor_windows(reference, current, train, cfg, out_dir or Path(cfg.out_dir) / day,
                            {"partition": day, "window": [days[0], day], "model": model,
-                            "partitions_read": sorted(set(recs["partition"])), "reference": str(reference_file)})
+                            "reference": str(reference_file)})

@@ -59,16 +59,13 @@ def cmd_reference(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     reference_dir = args.out_dir or cfg.reference_dir
-    path, built = ensure_reference(args.model, reference_dir, cfg.k, args.splits, args.db)
+    path, built = ensure_reference(args.model, reference_dir, cfg, args.splits, args.db)
     out = {"reference": str(path), "built": built}
     print(json.dumps(out) if args.json else f"{'wrote' if built else 'exists'}: {path}")
     return 0
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    from slmrec.monitor.replay import add_replay_command
-
-    add_replay_command(sub)
     p = sub.add_parser(
         "monitor",
         help="Evidently report + drift verdict: a current window against a reference window",
@@ -87,7 +84,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=cmd_monitor)
 
-    r = sub.add_parser("monitor-reference", help="a model's reference window (its lists on its test period)")
+    r = sub.add_parser("monitor-reference", help="a model's reference window (the window rule over its last training days)")
     r.add_argument("--model", required=True, help="model directory")
     r.add_argument("--splits", help="splits folder (default: from the model's lineage card)")
     r.add_argument("--db", help="DuckDB store (default: from the model's lineage card)")

@@ -2,15 +2,21 @@
 
     report = monitor(reference, current, train, MonitoringConfig())
     report.values["ndcg@10"]            # {"reference": 0.061, "current": 0.044}
-    save_report(report, "results/monitoring/1998-03-01")   # report.html, evidently.json, summary.json
+    save_report(report, "results/monitoring/1998-03-01")   # report.html, inputs.html, evidently.json, summary.json
 
-One Evidently dataset per window holds three kinds of rows (see `evidently_frame`): the top-K lists
-(rank 1..K, score), the ground-truth items that were not recommended (rank K+1, target 1: without them
-NDCG's ideal DCG and Recall's denominator would only count recommended items), and one input row per
-user (history_len, unknown_share, cold_start; rank K+2 and target 0, which every top-K metric filters
-out; the rank column must stay integer: HitRate builds a range() from its maximum).
+Two Evidently datasets per window, two reports, nothing synthetic in either:
+- **recommendations** (`ranking_frame`): the top-K rows (rank 1..K, score, target = in the ground truth) and
+  the ground-truth items the list missed, each at the rank the model really gave it over the catalogue
+  (the window's `truth.rank`; score empty). Every relevant item sits at its true rank, so NDCG@i, HitRate@i
+  and Recall@i are exact at every cut-off i Evidently draws (1..max(k, 10)) — no jump past K. Quality,
+  popularity bias, personalization, novelty and the score drift run on it (report.html).
+- **inputs** (`inputs_frame`): one row per user (history_len, unknown_share, cold_start, recent_popularity):
+  the input means and the input drifts (inputs.html).
 
-What each value is and how it is read from the snapshot is pinned by tests/monitor/test_report.py
+Every drift metric gets `threshold=` from params.yaml, so the HTML's "drift detected / not detected" is the
+verdict's rule (slmrec/monitor/verdict.py) on the same number.
+
+What each value is and how it is read from the snapshot is pinned by tests/monitor/test_monitor_report.py
 against hand-computed numbers. Known 0.7.23 behaviours handled here:
 - the top-K metrics return a table (rank, value) per cut-off; for NDCG its `rank` column is off by one
   (the value of NDCG@k sits in the row labelled k+1) while HitRate/Recall are labelled correctly, so
@@ -18,7 +24,7 @@ against hand-computed numbers. Known 0.7.23 behaviours handled here:
 - the reference-side value of PopularityBias(coverage) is computed over every reference row (not only
   the top-K, and without intersecting with the training items; so the HTML's "reference coverage" is
   not comparable), so every value is read from a run with that window alone as the current data: both
-  windows through one formula. The drift values come from the current-vs-reference run (the HTML);
+  windows through one formula. The drift values come from the current-vs-reference runs (the HTML);
 - `save_html`/`save_json` silently write nothing for a pathlib.Path: we pass str and check the files;
 - ScoreDistribution fails on rank-type recommendations: not used (score drift is ValueDrift on `score`).
 """
@@ -48,24 +54,25 @@ from evidently.metrics import (
 from slmrec.config import MonitoringConfig
 from slmrec.monitor.window import Window
 
-NUMERIC = ["rank", "target", "score", "history_len", "unknown_share", "cold_start"]
+RANKING = ["rank", "target", "score"]
 DEFINITION = DataDefinition(
-    numerical_columns=NUMERIC,
+    numerical_columns=RANKING,
     categorical_columns=["user_id", "item_id"],
     ranking=[Recsys(user_id="user_id", item_id="item_id", target="target", prediction="rank",
                     recommendations_type="rank")],
 )
+INPUT_NUMERIC = ["history_len", "unknown_share", "cold_start", "recent_popularity"]
 TRAIN_DEFINITION = DataDefinition(categorical_columns=["user_id", "item_id"])
 
 # metric groups: which values a report holds depends on what both windows carry
 QUALITY = ("ndcg", "hit_rate", "recall")
 LISTS = ("popularity_arp", "coverage", "gini", "personalization", "novelty")
 INPUTS = ("mean_history_len", "unknown_item_share", "cold_user_share")
-DRIFTS = ("score_drift", "history_len_drift")
+DRIFTS = ("score_drift", "history_len_drift", "recent_popularity_drift")
 
 
-def evidently_frame(window: Window, k: int) -> pd.DataFrame:
-    """The window as one Evidently table: top-K rows, missed ground-truth rows (rank k+1), input rows."""
+def ranking_frame(window: Window, k: int) -> pd.DataFrame:
+    """The recommendations dataset: top-K rows + the truth items the list missed, at their true ranks."""
     recs = window.recs[window.recs["rank"] <= k].copy()
     recs["target"] = 0.0
     parts = [recs]
@@ -76,17 +83,24 @@ def evidently_frame(window: Window, k: int) -> pd.DataFrame:
         users = set(recs["user_id"])  # quality is measured on users that got a list
         missed = window.truth[[(u in users and (u, i) not in listed)
                                for u, i in zip(window.truth["user_id"], window.truth["item_id"])]]
-        parts = [recs, missed.assign(rank=k + 1, target=1.0, score=np.nan)]
-    if window.inputs is not None:
-        parts.append(window.inputs.assign(rank=k + 2, target=0.0, score=np.nan, item_id=None))
-    frame = pd.concat(parts, ignore_index=True).reindex(columns=["user_id", "item_id", *NUMERIC])
-    return frame.astype({c: (int if c == "rank" else float) for c in NUMERIC})
+        if (missed["rank"] <= k).any():
+            bad = missed[missed["rank"] <= k].head(3).to_dict("records")
+            raise ValueError(f"ground truth ranked inside the top-{k} but missing from the list, e.g. {bad}: "
+                             "the truth ranks are not those of the model that made the lists")
+        parts = [recs, missed.assign(target=1.0, score=np.nan)]
+    frame = pd.concat(parts, ignore_index=True).reindex(columns=["user_id", "item_id", *RANKING])
+    return frame.astype({"rank": int, "target": float, "score": float})
 
 
-def _metrics(k: int, cfg: MonitoringConfig, quality: bool, inputs: bool, drift: bool, html: bool = False
-             ) -> dict[str, object]:
-    """Our name -> Evidently metric. `html`: the set shown in the report (one popularity widget: the ARP,
-    coverage and Gini variants render the same three counters), else the set the values are read from."""
+def inputs_frame(window: Window) -> pd.DataFrame:
+    """The inputs dataset: one row per user."""
+    return window.inputs.reindex(columns=["user_id", *[c for c in INPUT_NUMERIC if c in window.inputs.columns]])
+
+
+def _metrics(k: int, cfg: MonitoringConfig, quality: bool, drift: bool, html: bool = False) -> dict[str, object]:
+    """Our name -> Evidently metric on the recommendations dataset. `html`: the set shown in the report (one
+    popularity widget: the ARP, coverage and Gini variants render the same three counters), else the set the
+    values are read from."""
     m: dict[str, object] = {"rows": RowCount()}
     if quality:
         m.update({"ndcg": NDCG(k=k), "hit_rate": HitRate(k=k), "recall": RecallTopK(k=k)})
@@ -95,14 +109,26 @@ def _metrics(k: int, cfg: MonitoringConfig, quality: bool, inputs: bool, drift: 
         m.update({"coverage": PopularityBiasMetric(k=k, metric="coverage"),
                   "gini": PopularityBiasMetric(k=k, metric="gini")})
     m.update({"personalization": Personalization(k=k), "novelty": Novelty(k=k)})
-    if inputs:
-        m.update({"mean_history_len": MeanValue(column="history_len"),
-                  "unknown_item_share": MeanValue(column="unknown_share"),
-                  "cold_user_share": MeanValue(column="cold_start")})
     if drift:
-        m["score_drift"] = ValueDrift(column="score", method=cfg.score_drift_method)
-        if inputs:
-            m["history_len_drift"] = ValueDrift(column="history_len", method=cfg.input_drift_method)
+        m["score_drift"] = ValueDrift(column="score", method=cfg.score_drift_method,
+                                      threshold=cfg.score_drift_threshold)
+    return m
+
+
+def _input_metrics(cfg: MonitoringConfig, popularity: bool, drift: bool) -> dict[str, object]:
+    """Our name -> Evidently metric on the inputs dataset."""
+    m: dict[str, object] = {"input_rows": RowCount(),
+                            "mean_history_len": MeanValue(column="history_len"),
+                            "unknown_item_share": MeanValue(column="unknown_share"),
+                            "cold_user_share": MeanValue(column="cold_start")}
+    if popularity:
+        m["mean_recent_popularity"] = MeanValue(column="recent_popularity")
+    if drift:
+        m["history_len_drift"] = ValueDrift(column="history_len", method=cfg.input_drift_method,
+                                            threshold=cfg.input_drift_threshold)
+        if popularity:
+            m["recent_popularity_drift"] = ValueDrift(column="recent_popularity", method=cfg.input_drift_method,
+                                                      threshold=cfg.recent_popularity_threshold)
     return m
 
 
@@ -116,8 +142,15 @@ def _value(result, k: int) -> float:
     return float(value)
 
 
-def _run(current: pd.DataFrame, reference: pd.DataFrame | None, train: pd.DataFrame, metrics: dict):
+def _run(current: pd.DataFrame, reference: pd.DataFrame | None, train: pd.DataFrame | None, metrics: dict):
+    """One Evidently run; `train` None = the inputs dataset (no ranking definition, no training data)."""
     report = Report(list(metrics.values()))
+    if train is None:
+        definition = DataDefinition(numerical_columns=[c for c in INPUT_NUMERIC if c in current.columns],
+                                    categorical_columns=["user_id"])
+        return report.run(current_data=Dataset.from_pandas(current, data_definition=definition),
+                          reference_data=None if reference is None
+                          else Dataset.from_pandas(reference, data_definition=definition))
     train_ds = Dataset.from_pandas(train, data_definition=TRAIN_DEFINITION)
     snapshot = report.run(
         current_data=Dataset.from_pandas(current, data_definition=DEFINITION),
@@ -132,7 +165,8 @@ class MonitorReport:
     k: int
     values: dict[str, dict[str, float | None]]  # name -> {"reference": x, "current": y}
     counts: dict[str, int]  # users / users with ground truth, per window
-    snapshot: object = field(repr=False)  # the Evidently snapshot (current vs reference), for HTML/JSON
+    snapshot: object = field(repr=False)  # the Evidently snapshot of the recommendations (current vs reference)
+    inputs_snapshot: object = field(default=None, repr=False)  # the inputs' snapshot (None: no inputs)
     metric_names: dict[str, str] = field(default_factory=dict)  # our name -> Evidently's metric name
 
     def value(self, name: str, side: str = "current") -> float | None:
@@ -155,31 +189,48 @@ def monitor(reference: Window, current: Window, train: pd.DataFrame, cfg: Monito
             raise ValueError(f"the {name} window holds no recommendation lists")
     quality = reference.truth_users > 0 and current.truth_users > 0
     inputs = reference.inputs is not None and current.inputs is not None
-    ref_frame, cur_frame = evidently_frame(reference, k), evidently_frame(current, k)
+    ref_frame, cur_frame = ranking_frame(reference, k), ranking_frame(current, k)
 
-    # the report a user reads: current against reference, with the drift metrics
-    shown = _metrics(k, cfg, quality, inputs, drift=True, html=True)
+    # the reports a user reads: current against reference, with the drift metrics
+    shown = _metrics(k, cfg, quality, drift=True, html=True)
     snapshot = _run(cur_frame, ref_frame, train, shown)
     # the values: each window alone as the current data, so both go through the same formulas (module doc)
-    single = _metrics(k, cfg, quality, inputs, drift=False)
-    cur_results = _run(cur_frame, None, train, single).metric_results
-    ref_results = _run(ref_frame, None, train, single).metric_results
+    single = _metrics(k, cfg, quality, drift=False)
+    runs = [(single, _run(cur_frame, None, train, single).metric_results,
+             _run(ref_frame, None, train, single).metric_results)]
+    drift_runs = [(shown, snapshot.metric_results)]
+    inputs_snapshot = None
+    if inputs:
+        popularity = all("recent_popularity" in w.inputs.columns for w in (reference, current))
+        ref_in, cur_in = inputs_frame(reference), inputs_frame(current)
+        shown_in = _input_metrics(cfg, popularity, drift=True)
+        inputs_snapshot = _run(cur_in, ref_in, None, shown_in)
+        single_in = _input_metrics(cfg, popularity, drift=False)
+        runs.append((single_in, _run(cur_in, None, None, single_in).metric_results,
+                     _run(ref_in, None, None, single_in).metric_results))
+        drift_runs.append((shown_in, inputs_snapshot.metric_results))
 
     values: dict[str, dict[str, float | None]] = {}
-    for name, metric in single.items():
-        if name != "rows":
-            values[_key(name, k)] = {"reference": _clean(_value(ref_results[metric.metric_id], k)),
-                                     "current": _clean(_value(cur_results[metric.metric_id], k))}
-    for name in DRIFTS:
-        if name in shown:
-            values[name] = {"reference": None, "current": _clean(_value(snapshot.metric_results[shown[name].metric_id], k))}
+    names: dict[str, str] = {}
+    for metrics, cur_results, ref_results in runs:
+        for name, metric in metrics.items():
+            if name not in ("rows", "input_rows"):
+                values[_key(name, k)] = {"reference": _clean(_value(ref_results[metric.metric_id], k)),
+                                         "current": _clean(_value(cur_results[metric.metric_id], k))}
+                names[_key(name, k)] = cur_results[metric.metric_id].display_name
+    for metrics, results in drift_runs:
+        for name in DRIFTS:
+            if name in metrics:
+                values[name] = {"reference": None, "current": _clean(_value(results[metrics[name].metric_id], k))}
+                names[name] = results[metrics[name].metric_id].display_name
     counts = {
         "reference_users": reference.users, "current_users": current.users,
         "reference_truth_users": reference.truth_users, "current_truth_users": current.truth_users,
+        "reference_input_users": 0 if reference.inputs is None else len(reference.inputs),
+        "current_input_users": 0 if current.inputs is None else len(current.inputs),
     }
-    names = {_key(n, k): cur_results[m.metric_id].display_name for n, m in single.items() if n != "rows"}
-    names.update({n: snapshot.metric_results[shown[n].metric_id].display_name for n in DRIFTS if n in shown})
-    return MonitorReport(k=k, values=values, counts=counts, snapshot=snapshot, metric_names=names)
+    return MonitorReport(k=k, values=values, counts=counts, snapshot=snapshot, metric_names=names,
+                         inputs_snapshot=inputs_snapshot)
 
 
 def _clean(x: float | None) -> float | None:
@@ -187,14 +238,20 @@ def _clean(x: float | None) -> float | None:
 
 
 def save_report(report: MonitorReport, out_dir: str | Path, summary: dict) -> dict[str, Path]:
-    """report.html + evidently.json (Evidently's own) and summary.json (our values, counts and `summary`)."""
+    """report.html + evidently.json (the recommendations), inputs.html + inputs.json (when the windows carry
+    inputs; Evidently's own) and summary.json (our values, counts and `summary`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"html": out / "report.html", "evidently_json": out / "evidently.json", "summary": out / "summary.json"}
-    for p in paths.values():
+    if report.inputs_snapshot is not None:
+        paths.update(inputs_html=out / "inputs.html", inputs_json=out / "inputs.json")
+    for p in [*paths.values(), out / "inputs.html", out / "inputs.json"]:
         p.unlink(missing_ok=True)
     report.snapshot.save_html(str(paths["html"]))  # str: a Path is silently ignored by evidently 0.7.23
     report.snapshot.save_json(str(paths["evidently_json"]))
+    if report.inputs_snapshot is not None:
+        report.inputs_snapshot.save_html(str(paths["inputs_html"]))
+        report.inputs_snapshot.save_json(str(paths["inputs_json"]))
     body = {"k": report.k, "values": report.values, "counts": report.counts,
             "evidently_metrics": report.metric_names, **summary}
     paths["summary"].write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")

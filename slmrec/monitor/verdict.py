@@ -7,12 +7,17 @@ tests), so the rule is the same in `slmrec monitor`, the Dagster check and the r
 | --- | --- | --- |
 | score_drift | ValueDrift(score) distance > score_drift_threshold | >= min_users current users |
 | history_len_drift | ValueDrift(history_len) distance > input_drift_threshold | inputs, >= min_users current users |
+| recent_popularity_drift | ValueDrift(recent_popularity) distance > recent_popularity_threshold | inputs with it, >= min_users |
 | unknown_item_share | mean share of unknown history items > max_unknown_item_share | current inputs |
 | cold_user_share | share of users without a usable history > max_cold_user_share | current inputs |
 | ndcg_drop | (ref − cur) / ref of NDCG@k > max_ndcg_drop | >= min_users current users with ground truth |
 | popularity_shift | abs relative change of ARP > max_popularity_change | >= min_users current users |
 
-A rule without what it needs is `skipped` (never a pass nor a fail by default).
+A rule without what it needs is `skipped` (never a pass nor a fail by default). The verdict's status:
+`drift` when a rule fails, `ok` when none fails and at least one passed, `insufficient data` when every
+rule was skipped — a window that could not be judged is not a green pass (the Dagster check is a WARN).
+The thresholds are calibrated on honest periods and their false alarms counted on other honest days
+(`python -m orchestration.replay calibrate`, README "Monitoring").
 """
 
 from __future__ import annotations
@@ -45,8 +50,15 @@ class Verdict:
     def failing(self) -> list[Rule]:
         return [r for r in self.rules if r.status == "fail"]
 
+    @property
+    def status(self) -> str:
+        if self.drift:
+            return "drift"
+        return "ok" if any(r.status == "pass" for r in self.rules) else "insufficient data"
+
     def to_dict(self) -> dict:
-        return {"drift": self.drift, "failing": [r.name for r in self.failing], "rules": [asdict(r) for r in self.rules]}
+        return {"drift": self.drift, "status": self.status, "failing": [r.name for r in self.failing],
+                "rules": [asdict(r) for r in self.rules]}
 
     def markdown(self) -> str:
         def fmt(x):
@@ -82,6 +94,8 @@ def judge(report: MonitorReport, cfg: MonitoringConfig) -> Verdict:
     v = report.values
     has_inputs = "unknown_item_share" in v
     no_inputs = None if has_inputs else "no input features in both windows"
+    few_inputs = (f"{c.get('current_input_users', 0)} current users with inputs < min_users {cfg.min_users}"
+                  if has_inputs and c.get("current_input_users", 0) < cfg.min_users else None)
     ndcg = v.get(f"ndcg@{k}")
     if ndcg is None:
         no_truth = "no ground truth yet in both windows"
@@ -94,7 +108,11 @@ def judge(report: MonitorReport, cfg: MonitoringConfig) -> Verdict:
         _above("score_drift", v.get("score_drift", {}).get("current"), cfg.score_drift_threshold, few,
                what=f"{cfg.score_drift_method} distance"),
         _above("history_len_drift", v.get("history_len_drift", {}).get("current"), cfg.input_drift_threshold,
-               no_inputs or few, what=f"{cfg.input_drift_method} distance"),
+               no_inputs or few_inputs, what=f"{cfg.input_drift_method} distance"),
+        _above("recent_popularity_drift", v.get("recent_popularity_drift", {}).get("current"),
+               cfg.recent_popularity_threshold,
+               no_inputs or few_inputs or (None if "recent_popularity_drift" in v else "no recent popularity inputs"),
+               what=f"{cfg.input_drift_method} distance"),
         _above("unknown_item_share", v.get("unknown_item_share", {}).get("current"), cfg.max_unknown_item_share,
                no_inputs, v.get("unknown_item_share", {}).get("reference"), "share"),
         _above("cold_user_share", v.get("cold_user_share", {}).get("current"), cfg.max_cold_user_share, no_inputs,

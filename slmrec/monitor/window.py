@@ -5,11 +5,16 @@
 
 - `recs`   user_id, rank (1-based), item_id, score — the top-K lists (contract (a) of the batch
            recommendations; the serving log's `items`/`scores` lists exploded, see `from_serving_log`).
-- `truth`  user_id, item_id — the items each user interacted with after the list was made (delayed
-           ground truth). None = not arrived yet: the quality metrics are left out.
+- `truth`  user_id, item_id, rank — the items each user interacted with after the list was made (delayed
+           ground truth) and the rank the model gave each over the whole catalogue (its serving rule: history
+           excluded; an item it does not know ranks last, n_items + 1): a truth item the list missed is a
+           real row at its real rank, so NDCG's ideal DCG and recall's denominator are right at every cut-off.
+           None = not arrived yet: the quality metrics are left out.
 - `inputs` one row per user: user_id, history_len (items in the history the model saw),
            unknown_share (share of those history items the model does not know), cold_start (1.0 when
            the user had no usable history: unknown to the store or every history item unknown).
+           Optional: recent_popularity (mean training popularity — share of training users — of the items the
+           user interacted with inside the window's days; 0 for unknown items): what users turn to now.
            None = not known (e.g. a bare recommendations file): the input-drift metrics are left out.
 
 A window file is one Parquet table with a `part` column (rec | truth | input) holding the three
@@ -25,10 +30,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from slmrec.lineage import atomic_write
+
 REC_COLUMNS = ["user_id", "rank", "item_id", "score"]
-TRUTH_COLUMNS = ["user_id", "item_id"]
+TRUTH_COLUMNS = ["user_id", "item_id", "rank"]
 INPUT_COLUMNS = ["user_id", "history_len", "unknown_share", "cold_start"]
-WINDOW_COLUMNS = ["part", "user_id", "item_id", "rank", "score", "history_len", "unknown_share", "cold_start"]
+OPTIONAL_INPUTS = ["recent_popularity"]
+WINDOW_COLUMNS = ["part", "user_id", "item_id", "rank", "score", "history_len", "unknown_share", "cold_start",
+                  "recent_popularity"]
 
 
 def _require(df: pd.DataFrame, columns: list[str], what: str) -> pd.DataFrame:
@@ -57,14 +66,19 @@ class Window:
             raise ValueError(f"recommendations: two items at the same (user_id, rank), e.g. {dup}")
         self.recs = recs.sort_values(["user_id", "rank"], kind="stable").reset_index(drop=True)
         if self.truth is not None:
-            truth = _require(self.truth, TRUTH_COLUMNS, "ground truth")[TRUTH_COLUMNS].astype(str)
-            self.truth = truth.drop_duplicates().reset_index(drop=True)
+            truth = _require(self.truth, TRUTH_COLUMNS, "ground truth")[TRUTH_COLUMNS].copy()
+            truth[["user_id", "item_id"]] = truth[["user_id", "item_id"]].astype(str)
+            if truth["rank"].isna().any() or (truth["rank"] < 1).any():
+                raise ValueError("ground truth: every item needs the model's 1-based rank over the catalogue")
+            truth["rank"] = truth["rank"].astype(int)
+            self.truth = truth.drop_duplicates(["user_id", "item_id"]).reset_index(drop=True)
         if self.inputs is not None:
-            inputs = _require(self.inputs, INPUT_COLUMNS, "inputs")[INPUT_COLUMNS].copy()
+            columns = INPUT_COLUMNS + [c for c in OPTIONAL_INPUTS if c in self.inputs.columns]
+            inputs = _require(self.inputs, INPUT_COLUMNS, "inputs")[columns].copy()
             inputs["user_id"] = inputs["user_id"].astype(str)
             if inputs["user_id"].duplicated().any():
                 raise ValueError("inputs: one row per user expected, found duplicate user_id values")
-            for c in INPUT_COLUMNS[1:]:
+            for c in columns[1:]:
                 inputs[c] = inputs[c].astype(float)
             self.inputs = inputs.reset_index(drop=True)
 
@@ -81,18 +95,13 @@ class Window:
 
 
 def write_window(window: Window, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     parts = [window.recs.assign(part="rec")]
     if window.truth is not None:
         parts.append(window.truth.assign(part="truth"))
     if window.inputs is not None:
         parts.append(window.inputs.assign(part="input"))
     table = pd.concat(parts, ignore_index=True).reindex(columns=WINDOW_COLUMNS)
-    tmp = path.with_name(f".{path.name}.tmp")
-    table.to_parquet(tmp, index=False)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda tmp: table.to_parquet(tmp, index=False))
 
 
 def read_window(path: str | Path) -> Window:
@@ -108,38 +117,39 @@ def read_window(path: str | Path) -> Window:
         raise ValueError(f"{path}: unknown part value(s) {sorted(unknown)}")
     truth = table[table["part"] == "truth"]
     inputs = table[table["part"] == "input"]
+    optional = [c for c in OPTIONAL_INPUTS if c in inputs.columns and inputs[c].notna().all()]
     return Window(
         recs=table[table["part"] == "rec"][REC_COLUMNS],
         truth=truth[TRUTH_COLUMNS] if len(truth) else None,
-        inputs=inputs[INPUT_COLUMNS] if len(inputs) else None,
+        inputs=inputs[INPUT_COLUMNS + optional] if len(inputs) else None,
     )
 
 
-def input_features(histories: dict[str, list[str] | None], known_items: set[str]) -> pd.DataFrame:
-    """Per user: history length, share of history items the model does not know, cold start.
+def input_features(histories: dict[str, list[str] | None], known_items: set[str],
+                   recent: dict[str, list[str]] | None = None, popularity: dict[str, float] | None = None
+                   ) -> pd.DataFrame:
+    """Per user: history length, share of history items the model does not know, cold start, and (with
+    `recent` and `popularity`) the mean training popularity of the items the user turned to in the window.
 
-    `histories[user]` is the user's history as the serving side saw it (None: the store has no such user).
+    `histories[user]` is the user's history as the serving side saw it (None: the store has no such user);
+    `recent[user]` the items of the window's days; `popularity[item]` the share of training users with it.
     """
     rows = []
     for user, history in histories.items():
         history = history or []
         unknown = sum(1 for item in history if item not in known_items)
-        rows.append({
+        row = {
             "user_id": str(user),
             "history_len": float(len(history)),
             "unknown_share": unknown / len(history) if history else 0.0,
             "cold_start": float(len(history) - unknown == 0),
-        })
-    return pd.DataFrame(rows, columns=INPUT_COLUMNS)
-
-
-def truth_after(interactions: pd.DataFrame, users, start_ts: int, end_ts: int) -> pd.DataFrame:
-    """Delayed ground truth: what `users` interacted with in [start_ts, end_ts) (unix seconds)."""
-    _require(interactions, ["user_id", "item_id", "ts"], "interactions")
-    users = {str(u) for u in users}
-    later = interactions[(interactions["ts"] >= start_ts) & (interactions["ts"] < end_ts)]
-    later = later[later["user_id"].astype(str).isin(users)]
-    return later[TRUTH_COLUMNS].astype(str).drop_duplicates().reset_index(drop=True)
+        }
+        if recent is not None and popularity is not None:
+            items = recent.get(user) or []
+            row["recent_popularity"] = (sum(popularity.get(i, 0.0) for i in items) / len(items)) if items else 0.0
+        rows.append(row)
+    columns = INPUT_COLUMNS + (OPTIONAL_INPUTS if recent is not None and popularity is not None else [])
+    return pd.DataFrame(rows, columns=columns)
 
 
 def from_serving_log(log: pd.DataFrame) -> Window:

@@ -14,8 +14,6 @@ which would drop any table written into it.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import duckdb
@@ -23,7 +21,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from slmrec.serve.history import active_users, day_bounds
+from slmrec.days import day_bounds
+from slmrec.lineage import atomic_write
+from slmrec.serve.history import active_users
 from slmrec.serve.recommender import RECOMMENDATION_COLUMNS, Recommender
 
 COLUMNS = [*RECOMMENDATION_COLUMNS, "partition"]
@@ -66,17 +66,9 @@ def _table(df: pd.DataFrame) -> pa.Table:
 
 
 def write_parquet(df: pd.DataFrame, path: str | Path) -> Path:
-    """Atomic write (temp file + rename): a reader never sees half a file."""
+    """Atomic write (lineage.atomic_write): a reader never sees half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(_table(df), tmp, compression="zstd")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda tmp: pq.write_table(_table(df), tmp, compression="zstd"))
     return path
 
 

@@ -22,7 +22,6 @@ the new one, never a mix.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import pyarrow as pa
 
 from slmrec.config import SequenceConfig
 from slmrec.data.sequences import FILTERS
+from slmrec.days import day_bounds
 
 HISTORY_QUERY = """SELECT user_id, item_id, ts, rating, event FROM raw_interactions
                    ORDER BY user_id, ts, source_file, row_number, item_pos"""
@@ -221,15 +221,6 @@ class HistoryStore:
             self.full_reads += 1
         self._snap = new
         return True
-
-
-def day_bounds(day: str) -> tuple[int, int]:
-    """'YYYY-MM-DD' -> [start, end) in unix seconds, UTC (the ingest stores ts as UTC unix seconds)."""
-    try:
-        start = dt.datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc)
-    except ValueError as err:
-        raise ValueError(f"day must be YYYY-MM-DD, got {day!r}") from err
-    return int(start.timestamp()), int((start + dt.timedelta(days=1)).timestamp())
 
 
 def active_users(db: str | Path, day: str) -> list[str]:

@@ -38,9 +38,12 @@ def test_evidently_report_renders_its_metrics_in_chromium(tmp_path):
         assert section(text, "Hit Rate (top-3)").startswith("Hit Rate (top-3). No feedback users excluded. 0.5 current 1.0 reference")
         assert section(text, "Personalization (top-3)").startswith("Personalization (top-3) 0.6667 current 0.0 reference")
         assert section(text, "Novelty (top-3)").startswith("Novelty (top-3) 0.5 current 1.0 reference")
-        assert "Mean value of 'cold_start': current: 0.500, reference: 0.000" in text
         assert "Drift score: 0.878" in text  # ValueDrift on score (normed Wasserstein, see test_monitor_report)
+        assert "drift detected" in text.lower() and "not detected" not in text  # 0.878 > CFG's 0.5: the rule fails
         # the charts are drawn too (plotly SVG), not only the text
         assert browser.evaluate("document.querySelectorAll('svg.main-svg').length") >= 5
         browser.screenshot(tmp_path / "report.png", full_page=True)
+        browser.open(html.with_name("inputs.html").resolve().as_uri())  # the inputs' report, its own dataset
+        browser.wait_for("document.body.innerText.includes('cold_start')", timeout_s=120, settle_s=1)
+        assert "Mean value of 'cold_start': current: 0.500, reference: 0.000" in browser.text()
     assert (tmp_path / "report.png").stat().st_size > 50_000

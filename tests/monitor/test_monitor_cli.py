@@ -1,4 +1,5 @@
-"""`slmrec monitor` on an unshifted and a shifted window, and a short replay (tiny data, SASRec 1 epoch)."""
+"""`slmrec monitor` on an unshifted and a shifted window, and a short replay through the Dagster definitions
+(tiny data, SASRec 1 epoch)."""
 
 import json
 import sys
@@ -9,8 +10,7 @@ import pandas as pd
 import pytest
 
 from slmrec.cli import main
-from slmrec.config import Params
-from slmrec.monitor.replay import Replay, ReplayConfig
+from orchestration.replay import Replay, ReplayConfig
 from slmrec.monitor.window import Window, write_window
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
@@ -31,9 +31,11 @@ def window(rng, users: int, shifted: bool, prefix: str) -> Window:
         recs += [(user, r + 1, i, s) for r, (i, s) in enumerate(zip(items, scores))]
         cold = shifted and u % 2 == 0
         inputs.append((user, float(rng.integers(5, 60)), 1.0 if cold else 0.0, 1.0 if cold else 0.0))
-        truth.append((user, rng.choice(ITEMS, p=POP)))
+        target = rng.choice(ITEMS, p=POP)
+        listed = list(items).index(target) + 1 if target in items else int(rng.integers(11, 200))
+        truth.append((user, target, listed))  # the rank the model gave it (its list's rank when listed)
     return Window(recs=pd.DataFrame(recs, columns=["user_id", "rank", "item_id", "score"]),
-                  truth=pd.DataFrame(truth, columns=["user_id", "item_id"]),
+                  truth=pd.DataFrame(truth, columns=["user_id", "item_id", "rank"]),
                   inputs=pd.DataFrame(inputs, columns=["user_id", "history_len", "unknown_share", "cold_start"]))
 
 
@@ -67,24 +69,28 @@ def test_monitor_cli_no_drift_on_an_unshifted_window_and_drift_on_a_shifted_one(
 
 
 @pytest.mark.slow
-def test_short_replay_catches_a_planted_shift_and_retrains(tmp_path):
+def test_short_replay_through_the_dagster_definitions_catches_a_planted_shift_and_retrains(tmp_path):
     write_events(tmp_path / "events.csv")  # 40 users on a ring of 30 items, January 1998
-    params = Params()
-    params.train_sasrec.epochs, params.train_sasrec.batch_size = 1, 64
-    params.sasrec.hidden, params.sasrec.max_len = 16, 12
-    params.llm.profile = "tiny"
     # every user has the same history length: normed Wasserstein (/ reference std ~ 0) is degenerate here
-    params.monitoring.score_drift_threshold = params.monitoring.input_drift_threshold = 1e9
-    params.monitoring.max_popularity_change = params.monitoring.max_ndcg_drop = 1e9
-    cfg = ReplayConfig(inter=str(tmp_path / "events.csv"), cutoff="1998-01-10", days=3, scenario="shift",
-                       shift_day=2, shift_share=0.5, epochs=1)
-    result = Replay(cfg, params, tmp_path / "replay", log=lambda m: None).run()
+    overrides = {"sasrec": {"hidden": 16, "max_len": 12}, "train_sasrec": {"batch_size": 64},
+                 "monitoring": {"k": 5, "min_users": 5, "window_days": 1, "truth_days": 1,
+                                "score_drift_threshold": 1e9, "input_drift_threshold": 1e9,
+                                "recent_popularity_threshold": 1e9, "max_popularity_change": 1e9,
+                                "max_ndcg_drop": 1e9, "retrain_cooldown_hours": 1.0}}
+    cfg = ReplayConfig(inter=str(tmp_path / "events.csv"), cutoff="1998-01-10", start="1998-01-10", days=3,
+                       scenario="cold_ids", shift_day=2, shift_share=0.5, epochs=1)
+    result = Replay(cfg, tmp_path / "replay", overrides=overrides, log=lambda m: None).run()
     days = {r["day"]: r for r in result["days"]}
     assert list(days) == ["1998-01-10", "1998-01-11", "1998-01-12"]
-    assert days["1998-01-10"]["verdict"] == "ok" and days["1998-01-10"]["cold_user_share"] == 0.0
-    assert days["1998-01-11"]["shifted_users"] > 0 and "cold_user_share" in days["1998-01-11"]["verdict"]
-    assert days["1998-01-11"]["retrained"] == 2  # the drift check failed: a new model, v2
-    assert days["1998-01-12"]["model"] == "v2"
+    assert days["1998-01-10"]["verdict"] == "ok" and days["1998-01-10"]["values"]["cold_user_share"] == 0.0
+    assert days["1998-01-11"]["verdict"] == "drift"
+    assert {"cold_user_share", "unknown_item_share"} <= set(days["1998-01-11"]["failing"])
+    # the sensor (its clock = the simulated day) requested a retrain, which went through the gate and ran
+    assert days["1998-01-11"]["sensor"]["requested"].startswith("drift-")
+    # drift again on day 3 (new shifted users), with new data and past the 1 h cooldown: a second retrain,
+    # max_drift_retrains (2) not yet reached
+    assert [(r["day"], r["version"]) for r in result["retrains"]] == [("1998-01-11", 2), ("1998-01-12", 3)]
+    assert result["summary"]["caught_on"] == "1998-01-11" and result["summary"]["days_to_detection"] == 1
     out = tmp_path / "replay"
-    assert (out / "replay.md").read_text().count("\n") == 2 + 3 and "<svg" in (out / "replay.svg").read_text()
-    assert (out / "monitoring/1998-01-11/report.html").is_file()
+    assert (out / "replay.md").read_text().count("\n") == 2 + 3
+    assert (out / "project/results/monitoring/1998-01-11/report.html").is_file()

@@ -1,6 +1,8 @@
 """The Dagster side with the tiny profile: recommendation_monitoring materializes a partition's report,
 its recommendation_drift check passes on the model's own users and fails on a planted shift (a day of
-new users with items the model never saw), and retrain_on_drift requests retrain_job once per cooldown.
+new users with items the model never saw), and retrain_on_drift requests retrain_job once per cooldown —
+and stops with an alert (no retrain storm) when there is no new data, when a drift retrain did not
+replace the champion, or after max_drift_retrains retrains that did not end the drift.
 
 The tiny experiment (tests/serve/serve_helpers.py) gives every user the same history length, so the
 normed Wasserstein distances (divided by the reference's std, ~0 here) are degenerate on it: this file
@@ -43,7 +45,7 @@ def project(pipeline, tmp_path_factory):
     params["serve"]["models_dir"] = str(pipeline / "models")  # the promotion record names the fixture's model
     params["monitoring"].update(k=K, min_users=5, window_days=1, truth_days=3, retrain_cooldown_hours=24.0,
                                 score_drift_threshold=1e9, input_drift_threshold=1e9, max_popularity_change=1e9,
-                                max_ndcg_drop=1.0)
+                                recent_popularity_threshold=1e9, max_ndcg_drop=1.0, max_drift_retrains=2)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (root / "models").mkdir()
     student = pipeline / "models/student"
@@ -71,49 +73,148 @@ def materialize(root: Path, day: str, instance):
     return meta, check
 
 
+def land(instance, day: str, already: bool = False) -> None:
+    """A landing_interactions materialization as the landing asset reports it (new rows, or a re-ingested file)."""
+    instance.report_runless_asset_event(dg.AssetMaterialization(
+        "landing_interactions", partition=day, metadata={"already_ingested": already}))
+
+
+def tick(instance, project, cursor=None):
+    ctx = dg.build_sensor_context(instance=instance, cursor=cursor,
+                                  resources={"pipeline": DvcPipeline(project_dir=str(project))})
+    return retrain_on_drift(ctx), ctx.cursor
+
+
+def alerts(project) -> list[dict]:
+    path = project / "results/alerts.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def finish_request(instance, request: dg.RunRequest, status: dg.DagsterRunStatus) -> None:
+    """The run the sensor's request became, finished with `status` (what the daemon would launch)."""
+    run = instance.create_run_for_job(job_def=retrain_stub, tags=request.tags)
+    instance.report_run_failed(run) if status == dg.DagsterRunStatus.FAILURE else instance.handle_run_event(
+        run.run_id, dg.DagsterEvent(event_type_value="PIPELINE_SUCCESS", job_name=run.job_name,
+                                    message="finished"))
+
+
+@dg.op
+def _noop():
+    pass
+
+
+@dg.job
+def retrain_stub():
+    _noop()
+
+
 def test_monitoring_asset_and_drift_check_and_sensor(project, monkeypatch):
     with dg.instance_for_test() as instance:
         meta, check = materialize(project, QUIET, instance)
         report = Path(meta["report_html"].value)
         assert report == project / f"results/monitoring/{QUIET}/report.html" and report.stat().st_size > 10_000
+        assert (report.parent / "inputs.html").stat().st_size > 10_000
         summary = json.loads((report.parent / "summary.json").read_text())
         assert summary["partition"] == QUIET and summary["counts"]["current_users"] >= 5
         assert summary["values"][f"ndcg@{K}"]["current"] is not None  # later days are in: quality is measured
         assert summary["values"]["unknown_item_share"]["current"] == 0.0
-        assert check.passed, check.description
-        assert list((project / "results/monitoring/reference").glob("*.parquet"))  # built once for the model
+        assert check.passed and meta["verdict"].value == "ok", check.description
+        # the reference is the same rule over the model's last training days: one file per model and rule
+        (ref,) = (project / "results/monitoring/reference").glob("*.parquet")
+        assert summary["counts"]["reference_truth_users"] > 0 and ref.stem.count("-") == 1
 
         clock = [1_000_000.0]
         monkeypatch.setattr(drift_sensors, "now", lambda: clock[0])
-        resources = {"pipeline": DvcPipeline(project_dir=str(project))}
-        ctx = dg.build_sensor_context(instance=instance, resources=resources)
-        assert isinstance(retrain_on_drift(ctx), dg.SkipReason)  # a passing evaluation requests nothing
+        out, cursor = tick(instance, project)
+        assert isinstance(out, dg.SkipReason) and "no drift" in out.skip_message  # an ok evaluation requests nothing
 
+        land(instance, SHIFT)  # the shift day's file landed: new data the champion has not seen
         meta, check = materialize(project, SHIFT, instance)
-        assert not check.passed
+        assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
         failing = check.metadata["failing"].value
-        assert set(failing) == {"unknown_item_share", "cold_user_share"}
+        assert set(failing) == {"unknown_item_share", "cold_user_share"} and meta["verdict"].value == "drift"
         values = check.metadata["failing_values"].value
         assert values["cold_user_share"] == pytest.approx(10 / 20)  # 10 new users of 20 active
         assert values["unknown_item_share"] == pytest.approx(10 / 20)  # their histories are all unknown
 
-        ctx = dg.build_sensor_context(instance=instance, cursor=ctx.cursor, resources=resources)
-        request = retrain_on_drift(ctx)
+        request, cursor = tick(instance, project, cursor)
         assert isinstance(request, dg.RunRequest) and request.job_name in (None, "retrain_job")
         assert request.tags["slmrec/trigger"] == "drift" and request.tags["slmrec/drift_partition"] == SHIFT
         assert set(request.tags["slmrec/drift_failing"].split(",")) == set(failing)
         assert json.loads(request.tags["slmrec/drift_values"])["cold_user_share"] == 0.5
 
+        materialize(project, SHIFT, instance)  # drift again while the requested retrain has not run yet
+        skip, cursor = tick(instance, project, cursor)
+        assert isinstance(skip, dg.SkipReason) and "pending" in skip.skip_message
+        finish_request(instance, request, dg.DagsterRunStatus.SUCCESS)  # promoted a new champion
+        land(instance, "1998-01-21")
         materialize(project, SHIFT, instance)  # drift again, one hour later: inside the cooldown
         clock[0] += 3600
-        ctx = dg.build_sensor_context(instance=instance, cursor=ctx.cursor, resources=resources)
-        skip = retrain_on_drift(ctx)
+        skip, cursor = tick(instance, project, cursor)
         assert isinstance(skip, dg.SkipReason) and "cooldown" in skip.skip_message
 
-        materialize(project, SHIFT, instance)  # and again after the cooldown: a new request
+        materialize(project, SHIFT, instance)  # and again after the cooldown, with new data: a second request
         clock[0] += 24 * 3600
-        ctx = dg.build_sensor_context(instance=instance, cursor=ctx.cursor, resources=resources)
-        assert isinstance(retrain_on_drift(ctx), dg.RunRequest)
+        second, cursor = tick(instance, project, cursor)
+        assert isinstance(second, dg.RunRequest) and second.run_key != request.run_key
+        finish_request(instance, second, dg.DagsterRunStatus.SUCCESS)
+
+        # two drift retrains in a row and the drift persists: alert and stop, even with new data and no cooldown
+        land(instance, "1998-01-22")
+        materialize(project, SHIFT, instance)
+        clock[0] += 24 * 3600
+        stop, cursor = tick(instance, project, cursor)
+        assert isinstance(stop, dg.SkipReason) and "did not end the drift" in stop.skip_message, cursor
+        (alert,) = alerts(project)
+        assert alert["alert"] == "drift retraining stopped" and "2 drift retrain(s)" in alert["reason"]
+        materialize(project, SHIFT, instance)
+        clock[0] += 24 * 3600
+        again, cursor = tick(instance, project, cursor)  # stopped: no new request, no second alert
+        assert isinstance(again, dg.SkipReason) and "stopped" in again.skip_message and len(alerts(project)) == 1
+
+        # new data is what a person or the world does: the loop resumes
+        land(instance, "1998-01-23")
+        materialize(project, SHIFT, instance)
+        clock[0] += 24 * 3600
+        resumed, cursor = tick(instance, project, cursor)
+        assert isinstance(resumed, dg.RunRequest)
+
+
+def test_drift_without_new_data_alerts_once_and_stops(project, monkeypatch):
+    (project / "results/alerts.jsonl").unlink(missing_ok=True)
+    with dg.instance_for_test() as instance:
+        monkeypatch.setattr(drift_sensors, "now", lambda: 2_000_000.0)
+        land(instance, SHIFT, already=True)  # a re-ingested file: no new rows
+        materialize(project, SHIFT, instance)
+        stop, cursor = tick(instance, project)
+        assert isinstance(stop, dg.SkipReason) and "no new data" in stop.skip_message
+        (alert,) = alerts(project)
+        assert "a retrain would reproduce it" in alert["reason"] and alert["partition"] == SHIFT
+        materialize(project, SHIFT, instance)
+        again, cursor = tick(instance, project, cursor)
+        assert isinstance(again, dg.SkipReason) and len(alerts(project)) == 1
+
+
+def test_a_retrain_the_gate_refused_alerts_and_stops_until_new_data(project, monkeypatch):
+    (project / "results/alerts.jsonl").unlink(missing_ok=True)
+    with dg.instance_for_test() as instance:
+        clock = [3_000_000.0]
+        monkeypatch.setattr(drift_sensors, "now", lambda: clock[0])
+        land(instance, SHIFT)
+        materialize(project, SHIFT, instance)
+        request, cursor = tick(instance, project)
+        assert isinstance(request, dg.RunRequest)
+        finish_request(instance, request, dg.DagsterRunStatus.FAILURE)  # promoted_model refused the candidate
+        materialize(project, SHIFT, instance)
+        clock[0] += 48 * 3600
+        stop, cursor = tick(instance, project, cursor)
+        assert isinstance(stop, dg.SkipReason) and "did not replace the champion" in stop.skip_message
+        (alert,) = alerts(project)
+        assert alert["request"] == request.tags["slmrec/drift_request"]
+        land(instance, "1998-01-21")  # new data: one more try through the gate
+        materialize(project, SHIFT, instance)
+        retry, cursor = tick(instance, project, cursor)
+        assert isinstance(retry, dg.RunRequest)
 
 
 def test_sensor_targets_retrain_job_and_asset_is_in_deployment_group():
@@ -136,41 +237,33 @@ def test_missing_recommendations_fail_with_a_clear_error(project):
         assert "no recommendations for 1998-02-01" in str(failure.event_specific_data.error)
 
 
-def test_a_check_seen_planned_then_failed_requests_exactly_one_retrain(project, monkeypatch):
-    """The race of issue 17: the sensor ticks while the check row is still PLANNED (its run in progress); Dagster
-    then updates that same row to FAILED. The cursor must not have passed it: the next tick requests one retrain."""
+def test_an_evaluation_still_running_is_not_read_and_then_requests_exactly_one_retrain(project, monkeypatch):
+    """The race of issue 17: a check row is PLANNED while its run is going and FAILED later. The sensor reads
+    completed materializations only: while the monitoring step runs there is none (it is written when the
+    step ends, with the verdict), so a tick in between sees nothing, and the next tick requests one retrain."""
     from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus as Status
 
     with dg.instance_for_test() as instance:
-        materialize(project, SHIFT, instance)  # the evaluation that will have failed
-        storage = instance.event_log_storage
-        (failed,) = [r for r in storage.get_asset_check_execution_history(drift_sensors.CHECK_KEY, limit=10)
-                     if r.status == Status.FAILED]
-        resources = {"pipeline": DvcPipeline(project_dir=str(project))}
         monkeypatch.setattr(drift_sensors, "now", lambda: 5_000_000.0)
+        land(instance, SHIFT)
+        seen = {}
+        from slmrec.monitor import build
 
-        # tick 1: the same row as it looked while its run was still going
-        planned = failed._replace(status=Status.PLANNED, event=None)
-        real_history = storage.get_asset_check_execution_history
-        monkeypatch.setattr(storage, "get_asset_check_execution_history", lambda key, limit: [planned])
-        run = instance.get_run_by_id(failed.run_id)
-        monkeypatch.setattr(instance, "get_run_by_id", lambda run_id: run._replace(status=dg.DagsterRunStatus.STARTED))
-        ctx = dg.build_sensor_context(instance=instance, resources=resources)
-        skip = retrain_on_drift(ctx)
-        assert isinstance(skip, dg.SkipReason) and "no completed" in skip.skip_message
+        real_monitor = build.monitor_windows
+        check_key = dg.AssetCheckKey(drift_sensors.MONITORING, "recommendation_drift")
 
-        # tick 2: the row is FAILED now -> exactly one request; tick 3: nothing new
-        monkeypatch.setattr(storage, "get_asset_check_execution_history", real_history)
-        monkeypatch.setattr(instance, "get_run_by_id", lambda run_id: run)
-        ctx = dg.build_sensor_context(instance=instance, cursor=ctx.cursor, resources=resources)
-        request = retrain_on_drift(ctx)
+        def monitor_windows(*args, **kwargs):  # a sensor tick that lands while the monitoring step is running
+            seen["planned"] = [r.status for r in
+                               instance.event_log_storage.get_asset_check_execution_history(check_key, limit=5)]
+            seen["tick"] = tick(instance, project)
+            return real_monitor(*args, **kwargs)
+
+        monkeypatch.setattr(build, "monitor_windows", monitor_windows)
+        materialize(project, SHIFT, instance)
+        assert seen["planned"] == [Status.PLANNED]  # the check row existed, unfinished, during that tick
+        skip, cursor = seen["tick"]
+        assert isinstance(skip, dg.SkipReason) and "no monitoring evaluation" in skip.skip_message
+        request, cursor = tick(instance, project, cursor)
         assert isinstance(request, dg.RunRequest) and request.tags["slmrec/drift_partition"] == SHIFT
-        ctx = dg.build_sensor_context(instance=instance, cursor=ctx.cursor, resources=resources)
-        assert isinstance(retrain_on_drift(ctx), dg.SkipReason)
-
-        # a row left PLANNED by a run that ended (a crash) does not hold the cursor forever
-        monkeypatch.setattr(storage, "get_asset_check_execution_history",
-                            lambda key, limit: [planned._replace(id=failed.id + 1), planned._replace(id=failed.id + 2)])
-        ctx = dg.build_sensor_context(instance=instance, cursor=ctx.cursor, resources=resources)
-        assert isinstance(retrain_on_drift(ctx), dg.SkipReason)
-        assert json.loads(ctx.cursor)["after_id"] == failed.id + 2
+        skip, cursor = tick(instance, project, cursor)
+        assert isinstance(skip, dg.SkipReason) and "pending" in skip.skip_message  # exactly one request

@@ -1,8 +1,9 @@
 """Every Evidently value the verdict reads, against a number computed here by hand (k = 3, two users).
 
 training interactions: item a by 4 users, b by 2, c by 1, d by 1 (4 users, 4 items)
-reference lists:  u1: a b c   u2: a b c     truth: u1 -> a, u2 -> c
-current lists:    u1: a b c   u2: a e g     truth: u1 -> b, u2 -> f (not listed), u3 -> x (no list)
+reference lists:  u1: a b c   u2: a b c     truth: u1 -> a (rank 1), u2 -> c (rank 3)
+current lists:    u1: a b c   u2: a e g     truth: u1 -> b (rank 2), u2 -> f (not listed: the model ranked it
+                                            5th), u3 -> x (no list)
 """
 
 import dataclasses
@@ -14,14 +15,15 @@ import pandas as pd
 import pytest
 
 from slmrec.config import MonitoringConfig
-from slmrec.monitor.report import evidently_frame, monitor, save_report
+from slmrec.monitor.report import inputs_frame, monitor, ranking_frame, save_report
 from slmrec.monitor.verdict import judge
 from slmrec.monitor.window import Window, read_window, write_window
 
 K = 3
 # thresholds spelled out: the test must not move when params.yaml is recalibrated
 CFG = MonitoringConfig(k=K, min_users=1, score_drift_threshold=0.5, input_drift_threshold=0.5, max_ndcg_drop=0.5,
-                       max_popularity_change=0.3, max_unknown_item_share=0.2, max_cold_user_share=0.2)
+                       max_popularity_change=0.3, max_unknown_item_share=0.2, max_cold_user_share=0.2,
+                       recent_popularity_threshold=0.5)
 TRAIN = pd.DataFrame({"user_id": ["t1", "t2", "t3", "t4", "t1", "t2", "t1", "t1"],
                       "item_id": ["a", "a", "a", "a", "b", "b", "c", "d"]})
 REF_SCORES = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
@@ -34,18 +36,18 @@ def recs(lists: dict[str, list[str]], scores: list[float]) -> pd.DataFrame:
 
 
 def inputs(rows) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=["user_id", "history_len", "unknown_share", "cold_start"])
+    return pd.DataFrame(rows, columns=["user_id", "history_len", "unknown_share", "cold_start", "recent_popularity"])
 
 
 REFERENCE = Window(
     recs=recs({"u1": ["a", "b", "c"], "u2": ["a", "b", "c"]}, REF_SCORES),
-    truth=pd.DataFrame({"user_id": ["u1", "u2"], "item_id": ["a", "c"]}),
-    inputs=inputs([("u1", 4, 0.0, 0.0), ("u2", 2, 0.0, 0.0)]),
+    truth=pd.DataFrame({"user_id": ["u1", "u2"], "item_id": ["a", "c"], "rank": [1, 3]}),
+    inputs=inputs([("u1", 4, 0.0, 0.0, 0.6), ("u2", 2, 0.0, 0.0, 0.4)]),
 )
 CURRENT = Window(
     recs=recs({"u1": ["a", "b", "c"], "u2": ["a", "e", "g"]}, CUR_SCORES),
-    truth=pd.DataFrame({"user_id": ["u1", "u2", "u3"], "item_id": ["b", "f", "x"]}),
-    inputs=inputs([("u1", 4, 0.25, 0.0), ("u2", 2, 1.0, 1.0)]),
+    truth=pd.DataFrame({"user_id": ["u1", "u2", "u3"], "item_id": ["b", "f", "x"], "rank": [2, 5, 7]}),
+    inputs=inputs([("u1", 4, 0.25, 0.0, 0.1), ("u2", 2, 1.0, 1.0, 0.0)]),
 )
 
 
@@ -54,15 +56,29 @@ def report():
     return monitor(REFERENCE, CURRENT, TRAIN, CFG)
 
 
-def test_evidently_frame_adds_missed_truth_at_rank_k_plus_1_and_one_input_row_per_user():
-    frame = evidently_frame(CURRENT, K)
-    missed = frame[frame["rank"] == K + 1]
-    assert missed[["user_id", "item_id", "target"]].values.tolist() == [["u2", "f", 1.0]]  # u3 got no list
+def test_ranking_frame_holds_lists_and_missed_truth_at_its_true_rank_and_nothing_else():
+    frame = ranking_frame(CURRENT, K)
+    assert len(frame) == 6 + 1  # two lists of 3 + u2's missed item; no input rows, no synthetic ranks
+    missed = frame[frame["rank"] > K]
+    assert missed[["user_id", "item_id", "rank", "target"]].values.tolist() == [["u2", "f", 5, 1.0]]  # u3: no list
     hits = frame[(frame["rank"] <= K) & (frame["target"] == 1)]
     assert hits[["user_id", "item_id"]].values.tolist() == [["u1", "b"]]
-    input_rows = frame[frame["rank"] == K + 2]
-    assert input_rows["user_id"].tolist() == ["u1", "u2"] and input_rows["score"].isna().all()
-    assert (input_rows["target"] == 0).all() and input_rows["item_id"].isna().all()
+    assert inputs_frame(CURRENT)["user_id"].tolist() == ["u1", "u2"]
+    # a truth rank inside the list that the list does not hold: the ranks belong to another model
+    wrong = Window(recs=CURRENT.recs, truth=pd.DataFrame({"user_id": ["u2"], "item_id": ["f"], "rank": [2]}))
+    with pytest.raises(ValueError, match="not those of the model"):
+        ranking_frame(wrong, K)
+
+
+def test_ndcg_and_hit_rate_curves_are_exact_at_every_cut_off_no_jump_past_k(report):
+    """Evidently draws NDCG@i / HitRate@i for i = 1..max(k, 10) (capped by the largest rank): each point equals
+    the hand-computed value — u2's missed item counts from its true rank 5 on, never at k + 1."""
+    ndcg = report.snapshot.metric_results[next(m for m in report.snapshot.metric_results
+                                               if "NDCG" in report.snapshot.metric_results[m].display_name)]
+    curve = ndcg.value["value"].tolist()
+    u1 = [0, 1 / math.log2(3), 1 / math.log2(3), 1 / math.log2(3), 1 / math.log2(3)]  # b at rank 2
+    u2 = [0, 0, 0, 0, 1 / math.log2(6)]  # f at rank 5
+    assert curve == pytest.approx([(a + b) / 2 for a, b in zip(u1, u2)])
 
 
 def test_quality_metrics_match_hand_computed_values(report):
@@ -73,7 +89,7 @@ def test_quality_metrics_match_hand_computed_values(report):
     assert v["hit_rate@3"] == {"reference": pytest.approx(1.0), "current": pytest.approx(0.5)}
     assert v["recall@3"] == {"reference": pytest.approx(1.0), "current": pytest.approx(0.5)}
     assert report.counts == {"reference_users": 2, "current_users": 2, "reference_truth_users": 2,
-                             "current_truth_users": 2}
+                             "current_truth_users": 2, "reference_input_users": 2, "current_input_users": 2}
 
 
 def test_list_metrics_match_hand_computed_values(report):
@@ -104,6 +120,9 @@ def test_drift_and_input_values_match_hand_computed_values(report):
     assert v["unknown_item_share"] == {"reference": 0.0, "current": pytest.approx((0.25 + 1.0) / 2)}
     assert v["cold_user_share"] == {"reference": 0.0, "current": pytest.approx(0.5)}
     assert v["mean_history_len"]["current"] == pytest.approx(3.0)
+    # recent popularity: sorted current (0, 0.1) vs reference (0.4, 0.6): W1 = 0.45, reference std 0.1
+    assert v["recent_popularity_drift"]["current"] == pytest.approx(0.45 / 0.1)
+    assert v["mean_recent_popularity"] == {"reference": pytest.approx(0.5), "current": pytest.approx(0.05)}
 
 
 def test_verdict_names_each_failing_rule(report):
@@ -112,13 +131,15 @@ def test_verdict_names_each_failing_rule(report):
     assert status == {
         "score_drift": "fail",  # 0.878 > 0.5
         "history_len_drift": "pass",
+        "recent_popularity_drift": "fail",  # 4.5 > 0.5
         "unknown_item_share": "fail",  # 0.625 > 0.2
         "cold_user_share": "fail",  # 0.5 > 0.2
         "ndcg_drop": "fail",  # (0.75 - 0.315) / 0.75 = 0.58 > 0.5
         "popularity_shift": "fail",  # |2.333 - 3.167| / 2.333 = 0.357 > 0.3
     }
-    assert verdict.drift and sorted(verdict.to_dict()["failing"]) == sorted(
-        ["score_drift", "unknown_item_share", "cold_user_share", "ndcg_drop", "popularity_shift"])
+    assert verdict.drift and verdict.status == "drift" and sorted(verdict.to_dict()["failing"]) == sorted(
+        ["score_drift", "recent_popularity_drift", "unknown_item_share", "cold_user_share", "ndcg_drop",
+         "popularity_shift"])
     ndcg = next(r for r in verdict.rules if r.name == "ndcg_drop")
     assert ndcg.value == pytest.approx((0.75 - (1 / math.log2(3)) / 2) / 0.75)
 
@@ -126,10 +147,18 @@ def test_verdict_names_each_failing_rule(report):
 def test_same_window_is_no_drift_and_few_users_skip_list_rules():
     same = monitor(REFERENCE, REFERENCE, TRAIN, CFG)
     verdict = judge(same, CFG)
-    assert not verdict.drift and {r.status for r in verdict.rules} == {"pass"}
+    assert not verdict.drift and verdict.status == "ok" and {r.status for r in verdict.rules} == {"pass"}
     strict = dataclasses.replace(CFG, min_users=3)  # 2 current users < 3: no verdict on lists or quality
     skipped = {r.name for r in judge(monitor(REFERENCE, CURRENT, TRAIN, strict), strict).rules if r.status == "skipped"}
-    assert skipped == {"score_drift", "history_len_drift", "ndcg_drop", "popularity_shift"}
+    assert skipped == {"score_drift", "history_len_drift", "recent_popularity_drift", "ndcg_drop", "popularity_shift"}
+
+
+def test_a_window_where_every_rule_was_skipped_is_insufficient_data_not_ok():
+    bare = Window(recs=CURRENT.recs)  # no truth, no inputs ...
+    strict = dataclasses.replace(CFG, min_users=3)  # ... and too few users for the list rules
+    verdict = judge(monitor(REFERENCE, bare, TRAIN, strict), strict)
+    assert {r.status for r in verdict.rules} == {"skipped"}
+    assert verdict.status == "insufficient data" and not verdict.drift
 
 
 def test_without_truth_or_inputs_those_metrics_are_left_out():
@@ -145,11 +174,13 @@ def test_saved_report_files_and_window_round_trip(tmp_path, report):
     paths = save_report(report, tmp_path / "day", {"verdict": verdict.to_dict()})
     html = paths["html"].read_text()
     assert paths["html"].stat().st_size > 10_000 and "NDCG" in html
+    assert paths["inputs_html"].stat().st_size > 10_000
     summary = json.loads(paths["summary"].read_text())
     assert summary["verdict"]["drift"] and summary["values"]["ndcg@3"]["reference"] == pytest.approx(0.75)
     shown = json.loads(paths["evidently_json"].read_text())["metrics"]
-    # RowCount + every value, except coverage and Gini: the one popularity widget shows ARP, coverage and Gini
-    assert len(shown) == 1 + len(report.values) - 2
+    shown_inputs = json.loads(paths["inputs_json"].read_text())["metrics"]
+    # RowCount twice + every value, except coverage and Gini: the one popularity widget shows all three
+    assert len(shown) + len(shown_inputs) == 2 + len(report.values) - 2
 
     write_window(CURRENT, tmp_path / "w.parquet")
     back = read_window(tmp_path / "w.parquet")
@@ -188,6 +219,21 @@ def test_serving_log_becomes_a_window_with_inputs():
                                       ["anonymous:r2", 1, "c", 0.5], ["anonymous:r2", 2, "d", 0.4],
                                       ["anonymous:r3", 1, "e", 0.2], ["anonymous:r3", 2, "f", 0.1]]
     inputs = w.inputs.set_index("user_id")
+    assert list(w.inputs.columns) == ["user_id", "history_len", "unknown_share", "cold_start"]  # no popularity
     assert inputs.loc["196"].tolist() == [12.0, 0.0, 0.0]
     assert inputs.loc["anonymous:r2"].tolist() == [4.0, 0.75, 0.0]  # 3 of 4 posted items unknown, 1 known
     assert inputs.loc["anonymous:r3"].tolist() == [2.0, 1.0, 1.0]  # all unknown: a popularity fallback
+
+
+@pytest.mark.parametrize("threshold", [0.5, 1.0])
+def test_the_html_says_drift_exactly_where_the_verdict_fails_the_rule(tmp_path, threshold):
+    """Evidently's own drift sentence uses our threshold: score drift 0.878 fails at 0.5 and passes at 1.0."""
+    import re
+
+    cfg = dataclasses.replace(CFG, score_drift_threshold=threshold)
+    report = monitor(REFERENCE, CURRENT, TRAIN, cfg)
+    rule = next(r for r in judge(report, cfg).rules if r.name == "score_drift")
+    html = save_report(report, tmp_path, {})["html"].read_text()
+    said = re.findall(r"drift (not )?detected\. Drift detection method: Wasserstein distance \(normed\)", html)
+    assert said == [("not " if rule.status == "pass" else "")]
+    assert rule.status == ("fail" if threshold == 0.5 else "pass")

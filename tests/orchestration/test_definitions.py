@@ -4,6 +4,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from slmrec.config import load_params
+
 from orchestration.pipeline import STAGE_POOL, WAREHOUSE_POOL
 from orchestration.promotion import MODELS
 
@@ -21,7 +23,7 @@ def test_definitions_load_and_resolve(definitions):
     assert {j.name for j in repo.get_all_jobs()} >= {"landing_ingest_job", "retrain_job", "rollback_job"}
     sensors = {"landing_folder_sensor", "retrain_after_landing", "alert_on_run_failure", "retrain_on_drift"}
     assert {s.name for s in repo.sensor_defs} == sensors
-    assert {s.name for s in repo.schedule_defs} == {"weekly_retrain"}
+    assert {s.name for s in repo.schedule_defs} == {"weekly_retrain", "daily_recommendations"}
     assert set(definitions.resources) == {"pipeline", "stage_runner"}
 
 
@@ -60,6 +62,26 @@ def test_weekly_schedule_targets_retrain_job_and_starts_stopped(definitions):
     assert schedule.job_name == "retrain_job"
     assert schedule.cron_schedule == "0 3 * * 1"
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+
+
+def test_daily_schedule_runs_yesterday_and_re_monitors_the_day_whose_truth_completed(definitions):
+    """The loop runs on its own: each tick materializes yesterday's recommendations + monitoring, and the
+    monitoring of the day monitoring.truth_days + 1 earlier again (its ground truth is complete now)."""
+    import datetime as dt
+
+    schedule = definitions.resolve_schedule_def("daily_recommendations")
+    assert schedule.job_name == "daily_recommendations_job"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    job = definitions.resolve_job_def("daily_recommendations_job")
+    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {
+        "recommendations", "recommendation_monitoring"}
+    tick = dg.build_schedule_context(scheduled_execution_time=dt.datetime(1998, 3, 10, 2, tzinfo=dt.timezone.utc),
+                                     repository_def=definitions.get_repository_def())
+    daily, again = schedule.evaluate_tick(tick).run_requests
+    assert (daily.partition_key, daily.asset_selection) == ("1998-03-09", None)  # the job's two assets
+    truth_days = load_params(REPO / "params.yaml").monitoring.truth_days
+    assert again.partition_key == (dt.date(1998, 3, 9) - dt.timedelta(days=truth_days + 1)).isoformat()
+    assert again.asset_selection == [dg.AssetKey("recommendation_monitoring")]
 
 
 def test_instance_config_limits_the_stage_pool_to_one(tmp_path):

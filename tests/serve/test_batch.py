@@ -14,7 +14,7 @@ from orchestration.pipeline import DvcPipeline
 from slmrec import cli
 from slmrec.data.ingest import ingest
 from slmrec.serve.batch import COLUMNS, history_problems, problems, run_batch
-from slmrec.serve.history import day_bounds
+from slmrec.days import day_bounds
 from slmrec.serve.recommender import Recommender
 
 from serve_helpers import N_USERS, card_hash, promote

@@ -12,3 +12,9 @@ retrain_job = dg.define_asset_job(
     # failures are handled by the model assets' RetryPolicy (instance: run_retries in dagster.yaml)
     tags={"dagster/max_retries": "1", "dagster/retry_strategy": "FROM_FAILURE"},
 )
+
+daily_recommendations_job = dg.define_asset_job(
+    "daily_recommendations_job",
+    selection=dg.AssetSelection.assets("recommendations", "recommendation_monitoring"),
+    description="One day: the promoted model's batch recommendations, then their monitoring report and drift check.",
+)

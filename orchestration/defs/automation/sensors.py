@@ -5,11 +5,9 @@
     any failed run -> alert_on_run_failure -> log + one JSON line in automation.alerts_file
 """
 
-import datetime as dt
-import json
-
 import dagster as dg
 
+from orchestration.alerts import append_alert
 from orchestration.defs.automation import jobs
 from orchestration.pipeline import DvcPipeline
 
@@ -67,7 +65,7 @@ def failure_alert(context: dg.RunFailureSensorContext) -> dict:
             "error_class": error.cls_name if error else None,
         })
     return {
-        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "alert": "run failed",
         "run_id": run.run_id,
         "job": run.job_name,
         "failed_steps": steps,
@@ -83,10 +81,7 @@ def failure_alert(context: dg.RunFailureSensorContext) -> dict:
     "automation.alerts_file (run id, job, failing step, error).",
 )
 def alert_on_run_failure(context: dg.RunFailureSensorContext, pipeline: DvcPipeline) -> None:
-    alert = failure_alert(context)
     path = pipeline.path(pipeline.params().automation.alerts_file)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:  # one write of one line: appends never interleave
-        f.write(json.dumps(alert, sort_keys=True) + "\n")
+    alert = append_alert(path, failure_alert(context))
     where = ", ".join(f"{s['step']}: {s['error']}" for s in alert["failed_steps"]) or alert["message"]
     context.log.error(f"run {alert['run_id']} of {alert['job']} failed — {where} (alert in {path})")

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from orchestration.landing import landing_partitions
 from orchestration.pipeline import WAREHOUSE_POOL, DvcPipeline
 from slmrec.serve.batch import DB_FILE, problems, run_batch
-from slmrec.serve.history import day_bounds
+from slmrec.days import day_bounds
 from slmrec.serve.recommender import Recommender
 from slmrec.serve.sources import read_promoted
 

@@ -1,0 +1,545 @@
+"""Replay real logs day by day through the Dagster definitions, in process, with planted shifts.
+
+    python -m orchestration.replay run --scenario honest --start 1998-02-01 --days 42 --out results/replay/honest
+    python -m orchestration.replay run --scenario taste --start 1998-02-01 --days 21 --shift-day 8 --out ...
+    python -m orchestration.replay calibrate --cutoff 1997-12-01 --start 1997-12-01 --days 21 --out cal/dec
+    python -m orchestration.replay thresholds --from cal/dec/replay.json cal/jan/replay.json --out cal/thresholds.json
+
+A simulator, so it lives here and not in the library. ML-100K is split in time: a SASRec (the cheap
+model) trains on every interaction before `--cutoff` and is deployed + promoted (slmrec.serve.deploy).
+Then each replayed day D is one tick of the real loop, with the project's own definitions:
+
+1. D's rows land as data/raw/landing/D.csv and the `landing_interactions` asset ingests them;
+2. the `daily_recommendations` schedule's requests for the tick after D (orchestration/defs/automation/
+   schedules.py: `recommendations` + `recommendation_monitoring` of D, and `recommendation_monitoring`
+   again for the day whose delayed ground truth just completed) are materialized;
+3. the `retrain_on_drift` sensor ticks (its clock = the simulated time); a RunRequest it returns is run as
+   `replay_retrain_job` with the request's tags: rebuild the store (base + landing files), new splits, a
+   new SASRec, and the champion/challenger gate of `promoted_model` (`champion_challenger`: candidate vs
+   the deployed champion on the fresh validation split, as served) -> deploy + promote, or refuse and
+   fail the run, as `promoted_model` does. (The real `retrain_job` runs the DVC stages down to the LLM
+   students — minutes each; the replay trains the cheap model through the same gate.)
+
+Scenarios (each planted from `--shift-day` on; 1 = the first replayed day):
+- honest        the real days, nothing planted;
+- cold_ids      a `--shift-share` of each day's users become new users on new item ids;
+- taste         a `--shift-share` of each day's users turn to the three genres least watched in training:
+                every item of theirs is replaced by a (seeded) item of those genres, known items only;
+- popularity    the head changes: the 100 most popular training items and 100 items from the long tail
+                swap places in every interaction (known items only);
+- degraded      the served model is damaged after loading (its item vectors shuffled in memory; the files
+                and their hash are intact — a bad kernel or a precision fault, not a changed file);
+- pipeline      the feature pipeline truncates every history the model is fed to its last 3 items.
+
+Writes replay.json (config, per-day rows: verdict, failing rules, values, retrains, alerts) and replay.md.
+`calibrate` replays honest days with every rule recording only; `thresholds` sets each threshold to
+`--margin` x the largest value those days reached (at least 0.02), to be copied into params.yaml; the
+false alarms are then counted on other honest days (`run --scenario honest` on a later period).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from unittest import mock
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import yaml
+
+from orchestration.defs.automation import schedules
+from orchestration.defs.deployment.assets import champion_challenger
+from orchestration.defs.deployment.recommendations import recommendations
+from orchestration.defs.ingestion.assets import landing_interactions
+from orchestration.defs.monitoring import sensors
+from orchestration.defs.monitoring.assets import recommendation_monitoring
+from orchestration.pipeline import PROJECT_DIR, DvcPipeline
+
+from slmrec.days import day_bounds, shift_day
+
+SCENARIOS = ("honest", "cold_ids", "taste", "popularity", "degraded", "pipeline")
+RULES = ("score_drift", "history_len_drift", "recent_popularity_drift", "unknown_item_share", "cold_user_share",
+         "ndcg_drop", "popularity_shift")
+THRESHOLD_OF = {"score_drift": "score_drift_threshold", "history_len_drift": "input_drift_threshold",
+                "recent_popularity_drift": "recent_popularity_threshold",
+                "unknown_item_share": "max_unknown_item_share", "cold_user_share": "max_cold_user_share",
+                "ndcg_drop": "max_ndcg_drop", "popularity_shift": "max_popularity_change"}
+
+
+@dataclasses.dataclass
+class ReplayConfig:
+    inter: str = "data/raw/ml-100k/ml-100k.inter"  # RecBole atomic file (user_id, item_id, rating, timestamp)
+    items: str = "data/raw/ml-100k/ml-100k.item"  # genres, for the taste shift
+    cutoff: str = "1998-01-01"  # the first model trains on everything before this day (UTC)
+    start: str = "1998-01-01"  # the first replayed day (>= cutoff)
+    days: int = 14
+    scenario: str = "honest"
+    shift_day: int = 8
+    shift_share: float = 0.5
+    epochs: int = 5  # SASRec epochs per (re)training
+    seed: int = 7
+    record_only: bool = False  # every threshold at infinity: values only (calibration)
+
+
+def read_inter(path: str | Path) -> pd.DataFrame:
+    """A RecBole .inter file (typed header) or a CSV with user_id, item_id, ts[, rating]."""
+    if str(path).endswith(".csv"):
+        df = pd.read_csv(path)
+        return df.reindex(columns=["user_id", "item_id", "ts", "rating"]).astype(
+            {"user_id": str, "item_id": str, "ts": "int64"})
+    df = pd.read_csv(path, sep="\t")
+    df.columns = [c.split(":")[0] for c in df.columns]
+    df = df.rename(columns={"timestamp": "ts"})
+    return df[["user_id", "item_id", "ts", "rating"]].astype({"user_id": str, "item_id": str, "ts": "int64"})
+
+
+def read_genres(path: str | Path) -> dict[str, list[str]]:
+    df = pd.read_csv(path, sep="\t", encoding="latin-1")
+    df.columns = [c.split(":")[0] for c in df.columns]
+    col = next(c for c in ("class", "genre", "genres") if c in df.columns)
+    return {str(i): str(g).split() for i, g in zip(df["item_id"], df[col].fillna(""))}
+
+
+# ------------------------------------------------------------------------------------ the planted shifts
+class Shift:
+    """Rewrites a day's rows (`rows`) and/or patches the serving side (`patches`) from the shift day on."""
+
+    def __init__(self, train: pd.DataFrame, genres: dict[str, list[str]], share: float, seed: int):
+        self.rng = np.random.default_rng(seed)
+        self.share, self.train, self.genres = share, train, genres
+
+    def rows(self, day_rows: pd.DataFrame) -> pd.DataFrame:
+        return day_rows
+
+    def patches(self) -> list:
+        return []
+
+    def _movers(self, day_rows: pd.DataFrame) -> set:
+        users = np.array(sorted(day_rows["user_id"].unique()))
+        return set(users[self.rng.random(len(users)) < self.share])
+
+
+class ColdIds(Shift):
+    def rows(self, day_rows):
+        moved = self._movers(day_rows)
+        out = day_rows.copy()
+        mask = out["user_id"].isin(moved)
+        out.loc[mask, "user_id"] = "shift-" + out.loc[mask, "user_id"]
+        out.loc[mask, "item_id"] = "new-" + out.loc[mask, "item_id"]
+        return out
+
+
+class Taste(Shift):
+    def __init__(self, *args):
+        super().__init__(*args)
+        known = set(self.train["item_id"])
+        watched: dict[str, int] = {}
+        counts = self.train["item_id"].value_counts()
+        for item, gs in self.genres.items():
+            for g in gs:
+                watched[g] = watched.get(g, 0) + int(counts.get(item, 0))
+        rare = [g for g, _ in sorted(watched.items(), key=lambda kv: kv[1]) if g not in ("unknown",)][:3]
+        self.target_genres = rare
+        self.pool = np.array(sorted(i for i, gs in self.genres.items() if set(gs) & set(rare) and i in known))
+
+    def rows(self, day_rows):
+        moved = self._movers(day_rows)
+        out = day_rows.copy()
+        mask = out["user_id"].isin(moved).to_numpy()
+        out.loc[mask, "item_id"] = self.rng.choice(self.pool, size=int(mask.sum()))
+        return out.drop_duplicates(["user_id", "item_id"])  # a user rates an item once
+
+
+class Popularity(Shift):
+    def __init__(self, *args):
+        super().__init__(*args)
+        ranked = self.train["item_id"].value_counts().index.tolist()
+        head, tail = ranked[:100], ranked[400:500]
+        self.swap = {**dict(zip(head, tail)), **dict(zip(tail, head))}
+
+    def rows(self, day_rows):
+        out = day_rows.copy()
+        out["item_id"] = out["item_id"].map(lambda i: self.swap.get(i, i))
+        return out.drop_duplicates(["user_id", "item_id"])
+
+
+class Degraded(Shift):
+    def patches(self):
+        from slmrec.serve.recommender import Recommender
+
+        real = Recommender.load.__func__
+        rng = self.rng
+
+        def damaged(cls, *args, **kwargs):
+            rec = real(cls, *args, **kwargs)
+            with __import__("torch").no_grad():
+                table = rec.model.item_emb.weight  # (n_items + 1, d): rows shuffled, padding row kept
+                perm = rng.permutation(table.shape[0] - 1) + 1
+                table[1:] = table[perm].clone()
+            return rec
+
+        return [mock.patch.object(Recommender, "load", classmethod(damaged))]
+
+
+class Pipeline(Shift):
+    def patches(self):
+        from slmrec.serve.history import HistoryStore
+
+        real = HistoryStore.get
+
+        def truncated(store, user_id, as_of=None):
+            history = real(store, user_id, as_of)
+            return None if history is None else history[-3:]
+
+        return [mock.patch.object(HistoryStore, "get", truncated)]
+
+
+SHIFTS = {"honest": Shift, "cold_ids": ColdIds, "taste": Taste, "popularity": Popularity, "degraded": Degraded,
+          "pipeline": Pipeline}
+
+
+# ------------------------------------------------------------------------------------ the replay
+@dg.op(required_resource_keys={"replay"})
+def retrain_and_gate(context):
+    """What retrain_job does, for the cheap model: new store, splits, SASRec, then the promotion gate."""
+    context.resources.replay.retrain(context.run.run_id)
+
+
+@dg.job(description="The replay's retrain_job: rebuild, SASRec, champion/challenger gate, deploy or refuse.")
+def replay_retrain_job():
+    retrain_and_gate()
+
+
+class Replay:
+    def __init__(self, cfg: ReplayConfig, out: str | Path, params_file: str | Path = PROJECT_DIR / "params.yaml",
+                 overrides: dict | None = None, log=print):
+        if cfg.scenario not in SCENARIOS:
+            raise ValueError(f"scenario must be one of {SCENARIOS}, got {cfg.scenario!r}")
+        self.cfg, self.log = cfg, log
+        self.out = Path(out).resolve()
+        self.root = self.out / "project"
+        params = yaml.safe_load(Path(params_file).read_text())
+        params["data"].update(format="events", path="data/base.csv", items=None, column_map={},
+                              landing_format="events", landing_column_map={})
+        params["train_sasrec"]["epochs"] = cfg.epochs
+        params["promotion"]["candidate"] = "sasrec"
+        for section, values in (overrides or {}).items():
+            params[section].update(values)
+        if cfg.record_only:
+            params["monitoring"].update({THRESHOLD_OF[r]: 1e9 for r in RULES})
+        self.params_dict = params
+        self.version = 0
+        self.retrains: list[dict] = []
+
+    # --------------------------------------------------------------- the project the definitions run in
+    def setup(self, rows: pd.DataFrame) -> None:
+        if self.out.exists():
+            shutil.rmtree(self.out)
+        (self.root / "data/raw/landing").mkdir(parents=True)
+        (self.root / "params.yaml").write_text(yaml.safe_dump(self.params_dict, sort_keys=False))
+        rows[rows["ts"] < day_bounds(self.cfg.cutoff)[0]].to_csv(self.root / "data/base.csv", index=False)
+        self.pipeline = DvcPipeline(project_dir=str(self.root))
+        self.params = self.pipeline.params()
+
+    def train(self) -> tuple[Path, dict]:
+        """Rebuild the store from base + landing files, new splits, a new SASRec: the candidate's folder."""
+        from slmrec.stages.data import rebuild_store, sequences_stage
+        from slmrec.stages.models import train_sasrec
+
+        self.version += 1
+        t0 = time.monotonic()
+        with _chdir(self.root):
+            rebuild_store(self.params.data, self.params.data.snapshot_dir)
+            stats = sequences_stage(self.params.data.snapshot_dir, self.params.sequences)
+            model = Path(f"models/candidates/sasrec_v{self.version}")
+            train_sasrec(self.params.sequences.out_dir, self.params, str(model), "runs", log=lambda m: None)
+        info = {"version": self.version, "users": stats["n_users"], "items": stats["n_items"],
+                "seconds": round(time.monotonic() - t0, 1)}
+        return self.root / model, info
+
+    def promote_first(self) -> None:
+        from slmrec.lineage import read_card
+        from slmrec.serve.deploy import deploy, promote
+
+        model, info = self.train()
+        dep = deploy(model, self.root / self.params.serve.models_dir, self.root)
+        promote(self.root / self.params.promotion.record, dep, "sasrec", who="replay", why="first model",
+                root=self.root)
+        self.log(f"model v1 ({info['users']} users, {info['items']} items, {info['seconds']}s), "
+                 f"promoted {read_card(model)['content_hash'][:12]}")
+
+    def retrain(self, run_id: str) -> None:
+        """The replay_retrain_job's op: candidate, gate (champion_challenger), deploy + promote or refuse."""
+        from slmrec.lineage import read_card
+        from slmrec.serve.deploy import deploy, promote, refuse
+
+        model, info = self.train()
+        record = self.root / self.params.promotion.record
+        duel = champion_challenger(self.pipeline, model)
+        entry = {"day": self.today, "version": info["version"], "run_id": run_id, "seconds": info["seconds"],
+                 "promoted": duel is None or bool(duel["promote"])}
+        if duel is not None:
+            entry["gate"] = [{k: r[k] for k in ("metric", "diff", "lo", "hi", "threshold")} for r in duel["rows"]]
+        self.retrains.append(entry)
+        if duel is not None and not duel["promote"]:
+            refuse(record, "sasrec", read_card(model)["content_hash"], who=f"replay run {run_id}",
+                   why="not non-inferior to the deployed champion", evidence={"champion_challenger": duel})
+            raise dg.Failure(description=f"candidate v{info['version']} refused: not non-inferior to the champion")
+        dep = deploy(model, self.root / self.params.serve.models_dir, self.root)
+        promote(record, dep, "sasrec", who=f"replay run {run_id}", why="gate passed",
+                evidence={"champion_challenger": duel}, root=self.root)
+
+    # --------------------------------------------------------------- one simulated day = one tick of the loop
+    def materialize(self, assets, partition: str) -> list:
+        result = dg.materialize(assets, partition_key=partition, instance=self.instance,
+                                resources={"pipeline": self.pipeline}, raise_on_error=False)
+        if not result.success:
+            errors = [_cause(e.event_specific_data.error) for e in result.all_events
+                      if e.event_type_value == "STEP_FAILURE"]
+            raise RuntimeError(f"{[a.key.to_user_string() for a in assets]} {partition}: {errors}")
+        return result.asset_materializations_for_node("recommendation_monitoring") \
+            if recommendation_monitoring in assets else []
+
+    def tick_sensor(self, t: float) -> dict:
+        with mock.patch.object(sensors, "now", lambda: t):
+            ctx = dg.build_sensor_context(instance=self.instance, cursor=self.cursor,
+                                          resources={"pipeline": self.pipeline})
+            out = sensors.retrain_on_drift(ctx)
+            self.cursor = ctx.cursor
+        if isinstance(out, dg.RunRequest):
+            result = replay_retrain_job.execute_in_process(instance=self.instance, tags=out.tags, raise_on_error=False,
+                                                           resources={"replay": self})
+            return {"requested": out.tags[sensors.REQUEST_TAG], "retrain_run_ok": result.success}
+        return {"skip": out.skip_message if out is not None else ""}
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        rows = read_inter(cfg.inter)
+        self.setup(rows)
+        self.promote_first()
+        train = rows[rows["ts"] < day_bounds(cfg.cutoff)[0]]
+        shift = SHIFTS[cfg.scenario](train, read_genres(cfg.items) if cfg.scenario == "taste" else {},
+                                     cfg.shift_share, cfg.seed)
+        self.cursor = None
+        table, started = [], time.monotonic()
+        (self.out / "dagster").mkdir(parents=True, exist_ok=True)
+        with ExitStack() as patches, dg.instance_for_test(temp_dir=str(self.out / "dagster")) as instance:
+            self.instance = instance
+            for n in range(1, cfg.days + 1):
+                day = shift_day(cfg.start, n - 1)
+                self.today = day
+                start, end = day_bounds(day)
+                day_rows = rows[(rows["ts"] >= start) & (rows["ts"] < end)]
+                shifted = n >= cfg.shift_day and cfg.scenario != "honest"
+                if shifted:
+                    day_rows = shift.rows(day_rows)
+                    if n == cfg.shift_day:
+                        for p in shift.patches():
+                            patches.enter_context(p)
+                row = {"day": day, "n": n, "shifted": shifted, "interactions": len(day_rows)}
+                if len(day_rows):
+                    day_rows.to_csv(self.root / "data/raw/landing" / f"{day}.csv", index=False)
+                    self.materialize([landing_interactions], day)
+                tick = end + 2 * 3600  # the schedule's tick the next day at 02:00
+                for request in schedules.daily_requests(tick, self.params.monitoring.truth_days, cfg.start):
+                    key = request.partition_key
+                    if request.asset_selection:  # the re-monitoring of a day whose ground truth completed
+                        if not (self.root / self.params.serve.recommendations_dir / f"{key}.parquet").is_file():
+                            continue
+                        (m,) = self.materialize([recommendation_monitoring], key)
+                        row["remonitored"] = {"day": key, **_verdict(m.metadata), "values": _values(m.metadata)}
+                    else:
+                        self.materialize([recommendations], key)
+                        (m,) = self.materialize([recommendation_monitoring], key)
+                        row.update(_verdict(m.metadata), values=_values(m.metadata))
+                row["sensor"] = self.tick_sensor(tick + 600)
+                table.append(row)
+                self.log(f"{day} {'*' if shifted else ' '} {row.get('verdict')}: {row.get('failing') or ''}"
+                         f"{' | remonitor ' + row['remonitored']['day'] + ' ' + row['remonitored']['verdict'] if 'remonitored' in row else ''}"
+                         f" | {row['sensor']}")
+        alerts_file = self.root / self.params.automation.alerts_file
+        alerts = [json.loads(line) for line in alerts_file.read_text().splitlines()] if alerts_file.is_file() else []
+        result = {"config": dataclasses.asdict(cfg), "monitoring": self.params_dict["monitoring"], "days": table,
+                  "retrains": self.retrains, "alerts": alerts, "summary": summarize(table, cfg),
+                  "seconds": round(time.monotonic() - started, 1)}
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "replay.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+        (self.out / "replay.md").write_text(markdown_table(table) + "\n")
+        return result
+
+
+class _chdir:
+    def __init__(self, path):
+        self.path, self.old = path, None
+
+    def __enter__(self):
+        import os
+
+        self.old = os.getcwd()
+        os.chdir(self.path)
+
+    def __exit__(self, *exc):
+        import os
+
+        os.chdir(self.old)
+
+
+def _cause(error) -> str:
+    while error.cause is not None and error.cls_name.startswith("Dagster"):
+        error = error.cause
+    return f"{error.cls_name}: {error.message.strip()}"
+
+
+def _verdict(metadata) -> dict:
+    return {"verdict": metadata["verdict"].value, "failing": metadata["failing"].value}
+
+
+def _values(metadata) -> dict:
+    """Each rule's value where the rule was judged (None where it was skipped: too few users, no truth yet)."""
+    summary = json.loads(Path(metadata["summary_json"].value).read_text())
+    return {r["name"]: (r["value"] if r["status"] != "skipped" else None) for r in summary["verdict"]["rules"]}
+
+
+def summarize(table: list[dict], cfg: ReplayConfig) -> dict:
+    """Alarm days (a day's own verdict or its delayed re-monitoring says drift), first caught day and rule."""
+    alarms = []
+    for r in table:
+        if r.get("verdict") == "drift":
+            alarms.append((r["n"], r["day"], r["day"], r["failing"]))
+        if (r.get("remonitored") or {}).get("verdict") == "drift":
+            alarms.append((r["n"], r["day"], r["remonitored"]["day"], r["remonitored"]["failing"]))
+    honest_days = [r for r in table if not r["shifted"]]
+    before = [a for a in alarms if a[0] < cfg.shift_day or cfg.scenario == "honest"]
+    after = [a for a in alarms if a[0] >= cfg.shift_day and cfg.scenario != "honest"]
+    first = after[0] if after else None
+    return {"days": len(table), "honest_days": len(honest_days),
+            "false_alarm_days": len({a[0] for a in before}),
+            "false_alarm_rate": round(len({a[0] for a in before}) / max(len(honest_days), 1), 3),
+            "caught_on": first[1] if first else None,
+            "days_to_detection": (first[0] - cfg.shift_day + 1) if first else None,
+            "caught_by": sorted(set(first[3])) if first else None,
+            "judged_window": first[2] if first else None,
+            "requests": sum("requested" in r.get("sensor", {}) for r in table)}
+
+
+def markdown_table(table: list[dict]) -> str:
+    head = "| day | shifted | interactions | verdict | failing | re-monitored day: verdict | sensor |"
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    for r in table:
+        rm = r.get("remonitored")
+        sensor = r.get("sensor", {})
+        lines.append(f"| {r['day']} | {'yes' if r['shifted'] else ''} | {r['interactions']} | {r.get('verdict', '—')} | "
+                     f"{', '.join(r.get('failing') or [])} | "
+                     f"{rm['day'] + ': ' + rm['verdict'] + (' (' + ', '.join(rm['failing']) + ')' if rm['failing'] else '') if rm else ''} | "
+                     f"{'retrain ' + sensor['requested'] + (' promoted' if sensor['retrain_run_ok'] else ' refused') if 'requested' in sensor else sensor.get('skip', '')[:80]} |")
+    return "\n".join(lines)
+
+
+def calibrate(tables: list[list[dict]], margin: float, floor: float = 0.02) -> dict:
+    """threshold = max(floor, margin x the largest value each rule reached on the honest days of `tables`),
+    rounded up to 3 digits; the day's own windows and the re-monitored ones (with their ground truth) count."""
+    out = {}
+    for rule in RULES:
+        seen = [v[rule] for table in tables for r in table
+                for v in (r.get("values"), (r.get("remonitored") or {}).get("values")) if v and v.get(rule) is not None]
+        if seen:
+            out[THRESHOLD_OF[rule]] = float(np.ceil(max(floor, max(seen) * margin) * 1000) / 1000)
+    return out
+
+
+PLANTED = {
+    "cold_ids": "half of each day's users become new users on new item ids",
+    "taste": "half of each day's users turn to the 3 genres least watched in training",
+    "popularity": "the 100 most popular items and 100 tail items swap places",
+    "degraded": "the served model's item vectors shuffled in memory (files intact)",
+    "pipeline": "every history fed to the model truncated to its last 3 items",
+}
+
+
+def results_table(folder: str | Path) -> str:
+    """The README table from a campaign folder (make replay): false alarms, then each shift's detection."""
+    folder = Path(folder)
+    lines = ["| honest period (model cut at its start) | days judged | alarm days | false-alarm rate | retrains |",
+             "|---|---|---|---|---|"]
+    for f in sorted((folder / "honest").glob("*/replay.json")):
+        r = json.loads(f.read_text())
+        s = r["summary"]
+        lines.append(f"| {r['config']['start']} + {s['days']} days | {s['days']} | {s['false_alarm_days']} | "
+                     f"{s['false_alarm_rate']:.0%} | {len(r['retrains'])} |")
+    lines += ["", "| shift (from day 8, 1998-02-08) | caught on | days to detection | by rule(s) | alarms before the "
+              "shift | drift retrains: promoted / refused | loop stopped with an alert |", "|---|---|---|---|---|---|---|"]
+    for scenario in SCENARIOS[1:]:
+        f = folder / scenario / "replay.json"
+        if not f.is_file():
+            continue
+        r = json.loads(f.read_text())
+        s = r["summary"]
+        promoted = sum(x["promoted"] for x in r["retrains"])
+        stopped = "; ".join(a["reason"] for a in r["alerts"] if a.get("alert") == "drift retraining stopped") or "—"
+        caught = (f"{s['caught_on']}" + (f" (window of {s['judged_window']})" if s["judged_window"] != s["caught_on"]
+                                         else "")) if s["caught_on"] else "not caught"
+        lines.append(f"| {scenario}: {PLANTED[scenario]} | {caught} | {s['days_to_detection'] or '—'} | "
+                     f"{', '.join(s['caught_by'] or []) or '—'} | {s['false_alarm_days']} | "
+                     f"{promoted} / {len(r['retrains']) - promoted} | {stopped} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m orchestration.replay", description=__doc__.split("\n\n")[0])
+    p.add_argument("command", choices=["run", "calibrate", "thresholds", "table"],
+                   help="run: one replay; calibrate: an honest replay with every rule recording only; thresholds: "
+                   "calibrated thresholds from calibrate runs' replay.json files (--from)")
+    p.add_argument("--from", dest="sources", nargs="+",
+                   help="thresholds: the calibrate runs' replay.json files; table: the campaign folder")
+    d = ReplayConfig()
+    p.add_argument("--scenario", choices=SCENARIOS, default=d.scenario)
+    for name in ("inter", "items", "cutoff", "start"):
+        p.add_argument(f"--{name}", default=getattr(d, name))
+    p.add_argument("--days", type=int, default=d.days)
+    p.add_argument("--shift-day", type=int, default=d.shift_day)
+    p.add_argument("--shift-share", type=float, default=d.shift_share)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--margin", type=float, default=1.25, help="thresholds: threshold = margin x honest maximum")
+    p.add_argument("--params", default=str(PROJECT_DIR / "params.yaml"))
+    p.add_argument("--thresholds", help="a calibrate run's thresholds.json, applied over params.yaml monitoring:")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    if args.command == "table":
+        table = results_table(args.sources[0] if args.sources else "results/replay")
+        Path(args.out).write_text(table)
+        print(table)
+        return 0
+    if args.command == "thresholds":
+        if not args.sources:
+            p.error("thresholds needs --from replay.json ...")
+        tables = [json.loads(Path(f).read_text())["days"] for f in args.sources]
+        thresholds = calibrate(tables, args.margin)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({**thresholds, "_calibrated_on": args.sources, "_margin": args.margin},
+                                             indent=2, sort_keys=True) + "\n")
+        print(json.dumps(thresholds, indent=2, sort_keys=True))
+        return 0
+    cfg = ReplayConfig(inter=args.inter, items=args.items, cutoff=args.cutoff, start=args.start, days=args.days,
+                       scenario="honest" if args.command == "calibrate" else args.scenario, shift_day=args.shift_day,
+                       shift_share=args.shift_share, epochs=args.epochs, seed=args.seed,
+                       record_only=args.command == "calibrate")
+    logging.getLogger("dagster").setLevel(logging.WARNING)
+    overrides = None
+    if args.thresholds:
+        overrides = {"monitoring": {k: v for k, v in json.loads(Path(args.thresholds).read_text()).items()
+                                    if not k.startswith("_")}}
+    result = Replay(cfg, args.out, args.params, overrides).run()
+    print(json.dumps(result["summary"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
