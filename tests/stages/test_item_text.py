@@ -119,3 +119,42 @@ def test_item_texts_needs_ordered_ids():
     item_map = pa.table({"item_idx": pa.array([2, 1], pa.int32()), "item_id": ["a", "b"]})
     with pytest.raises(ValueError, match="1..n_items in order"):
         item_texts(item_map, pa.table({"item_id": pa.array([], pa.string())}), "{title}")
+
+
+def test_cli_item_text_and_an_experiment_whose_sides_read_text(tmp_path, capsys):
+    """`slmrec item-text` through the CLI; `slmrec experiment` builds the table itself when a side reads text
+    and trains SASRec (text) and a teacher (id+text, gated) on it."""
+    from slmrec import cli
+
+    splits, snap = write_catalogue_splits(tmp_path)
+    (tmp_path / "params.yaml").write_text(
+        "llm: {profile: tiny, device: cpu}\n"
+        f"item_text: {{layers: 2, out_dir: {tmp_path / 'it'}, runs_dir: {tmp_path / 'runs'}}}\n"
+    )
+    argv = ["item-text", "--params", str(tmp_path / "params.yaml"), "--splits", str(splits), "--interactions",
+            str(snap), "--report", str(tmp_path / "report.json"), "--json"]  # fmt: skip
+    assert cli.main(argv) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["n_items"] == N_ITEMS and report["seconds_per_1000_items"] > 0
+    assert load_item_text(tmp_path / "it", N_ITEMS).mask.sum() == 8
+    capsys.readouterr()
+
+    lines = [" ".join([f"u{u}", *[str((u + k) % 12 + 1) for k in range(7)]]) for u in range(24)]
+    (tmp_path / "seq.txt").write_text("\n".join(lines) + "\n")
+    items = {str(i): {"title": f"Shade {i % 4}", "categories": "Beauty,Nails"} for i in range(1, 13)}
+    (tmp_path / "items.json").write_text(json.dumps(items))
+    (tmp_path / "exp.yaml").write_text(
+        "sequences: {k_core: 2}\nsasrec: {hidden: 16, max_len: 8, item_side: text}\n"
+        "llm: {max_len: 6, item_side: id+text, item_fusion: gated}\nitem_text: {layers: 2}\n"
+        "train_sasrec: {epochs: 1, batch_size: 32, patience: 0}\ntrain_llm: {epochs: 1, batch_size: 32, patience: 0}\n"
+        "eval: {bootstrap: 10}\n"
+    )
+    argv = ["experiment", "--profile", "tiny", "--format", "seqtxt", "--path", str(tmp_path / "seq.txt"),
+            "--items", str(tmp_path / "items.json"), "--models", "sasrec", "teacher", "--out", str(tmp_path / "exp"),
+            "--params", str(tmp_path / "exp.yaml"), "--json"]  # fmt: skip
+    assert cli.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary["models"]) == {"sasrec", "teacher"}
+    assert (tmp_path / "exp" / "item_text" / "table.npy").exists()
+    card = read_card(tmp_path / "exp" / "models" / "teacher")
+    assert any(p["path"].endswith("item_text") for p in card["parents"])  # lineage names the text table
