@@ -372,6 +372,9 @@ class Replay:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "replay.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
         (self.out / "replay.md").write_text(markdown_table(table) + "\n")
+        (self.out / "replay.svg").write_text(svg_plot(
+            table, f"replay {cfg.scenario} from {cfg.start}: each rule's value / its threshold", self.params_dict[
+                "monitoring"], cfg.shift_day if cfg.scenario != "honest" else None))
         return result
 
 
@@ -442,16 +445,75 @@ def markdown_table(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def calibrate(tables: list[list[dict]], margin: float, floor: float = 0.02) -> dict:
+COLOURS = {"score_drift": "#1f77b4", "history_len_drift": "#8c564b", "recent_popularity_drift": "#e377c2",
+           "unknown_item_share": "#d62728", "cold_user_share": "#ff7f0e", "ndcg_drop": "#9467bd",
+           "popularity_shift": "#2ca02c"}
+
+
+def svg_plot(table: list[dict], title: str, thresholds: dict, shift_day: int | None,
+             width: int = 900, height: int = 400) -> str:
+    """Each rule's value / its threshold per day (above 1 = the rule fails), as plain SVG; the shifted days
+    shaded, drift days marked, retrain requests labelled."""
+    left, right, top, bottom = 60, 230, 40, 60
+    pw, ph = width - left - right, height - top - bottom
+    series = {rule: [(r["values"] or {}).get(rule) if r.get("values") else None for r in table] for rule in RULES}
+    ratios = {rule: [None if v is None else v / thresholds[THRESHOLD_OF[rule]] for v in vals]
+              for rule, vals in series.items()}
+    ymax = max([2.0, *[min(x, 4.0) for xs in ratios.values() for x in xs if x is not None]])
+    n = max(len(table) - 1, 1)
+    x = lambda i: left + pw * i / n  # noqa: E731
+    y = lambda v: top + ph * (1 - min(v, ymax) / ymax)  # noqa: E731
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+           f'font-size="11"><rect width="100%" height="100%" fill="white"/>',
+           f'<text x="{left}" y="22" font-size="14">{title}</text>']
+    if shift_day:
+        out.append(f'<rect x="{x(shift_day - 1):.1f}" y="{top}" width="{left + pw - x(shift_day - 1):.1f}" '
+                   f'height="{ph}" fill="#999" opacity="0.10"/>')
+    out += [f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="black"/>',
+            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="black"/>',
+            f'<line x1="{left}" y1="{y(1):.1f}" x2="{left + pw}" y2="{y(1):.1f}" stroke="#d62728" '
+            'stroke-dasharray="5 3"/>',
+            f'<text x="{left + 4}" y="{y(1) - 4:.1f}" fill="#d62728">threshold (value / threshold = 1)</text>']
+    for t in np.linspace(0, ymax, 5):
+        out.append(f'<text x="{left - 8}" y="{y(t) + 4:.1f}" text-anchor="end">{t:.1f}</text>')
+    for i, r in enumerate(table):
+        out.append(f'<text x="{x(i):.1f}" y="{top + ph + 14}" text-anchor="end" '
+                   f'transform="rotate(-40 {x(i):.1f} {top + ph + 14})">{r["day"][5:]}</text>')
+        if r.get("verdict") == "drift":
+            out.append(f'<circle cx="{x(i):.1f}" cy="{top - 8}" r="4" fill="#d62728"/>')
+        if "requested" in r.get("sensor", {}):
+            out.append(f'<text x="{x(i):.1f}" y="{top + 12}" text-anchor="middle" fill="#555">retrain</text>')
+    for j, rule in enumerate(RULES):
+        pts = [(x(i), y(v)) for i, v in enumerate(ratios[rule]) if v is not None]
+        colour = COLOURS[rule]
+        if len(pts) > 1:
+            out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'
+                       + " ".join(f"{a:.1f},{b:.1f}" for a, b in pts) + '"/>')
+        out += [f'<circle cx="{a:.1f}" cy="{b:.1f}" r="2.5" fill="{colour}"/>' for a, b in pts]
+        ly = top + 16 * j
+        out.append(f'<line x1="{left + pw + 15}" y1="{ly}" x2="{left + pw + 35}" y2="{ly}" stroke="{colour}" '
+                   'stroke-width="2"/>')
+        out.append(f'<text x="{left + pw + 40}" y="{ly + 4}">{rule}</text>')
+    out.append(f'<text x="{left + pw + 15}" y="{top + 16 * len(RULES) + 10}" fill="#555">red dot: drift verdict; '
+               'grey: shifted days</text>')
+    out.append("</svg>\n")
+    return "\n".join(out)
+
+
+def calibrate(tables: list[list[dict]], margin: float, floor: float = 0.02, min_days: int = 5) -> dict:
     """threshold = max(floor, margin x the largest value each rule reached on the honest days of `tables`),
-    rounded up to 3 digits; the day's own windows and the re-monitored ones (with their ground truth) count."""
-    out = {}
+    rounded up to 3 digits; the day's own windows and the re-monitored ones (with their ground truth) count.
+    A rule judged on fewer than `min_days` windows is not calibrated (listed under `_not_calibrated`; its
+    params.yaml threshold stays)."""
+    out, skipped = {}, {}
     for rule in RULES:
         seen = [v[rule] for table in tables for r in table
                 for v in (r.get("values"), (r.get("remonitored") or {}).get("values")) if v and v.get(rule) is not None]
-        if seen:
+        if len(seen) >= min_days:
             out[THRESHOLD_OF[rule]] = float(np.ceil(max(floor, max(seen) * margin) * 1000) / 1000)
-    return out
+        else:
+            skipped[rule] = f"judged on {len(seen)} window(s) < {min_days}: {[round(x, 3) for x in seen]}"
+    return {**out, "_not_calibrated": skipped}
 
 
 PLANTED = {
@@ -466,6 +528,12 @@ PLANTED = {
 def results_table(folder: str | Path) -> str:
     """The README table from a campaign folder (make replay): false alarms, then each shift's detection."""
     folder = Path(folder)
+    for f in [*sorted((folder / "honest").glob("*/replay.json")), *sorted(folder.glob("*/replay.json"))]:
+        r = json.loads(f.read_text())  # the plots too, from the recorded rows
+        c = r["config"]
+        f.with_suffix(".svg").write_text(svg_plot(
+            r["days"], f"replay {c['scenario']} from {c['start']}: each rule's value / its threshold",
+            r["monitoring"], c["shift_day"] if c["scenario"] != "honest" else None))
     lines = ["| honest period (model cut at its start) | days judged | alarm days | false-alarm rate | retrains |",
              "|---|---|---|---|---|"]
     for f in sorted((folder / "honest").glob("*/replay.json")):
@@ -523,7 +591,8 @@ def main(argv: list[str] | None = None) -> int:
         tables = [json.loads(Path(f).read_text())["days"] for f in args.sources]
         thresholds = calibrate(tables, args.margin)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({**thresholds, "_calibrated_on": args.sources, "_margin": args.margin},
+        Path(args.out).write_text(json.dumps({**thresholds, "_calibrated_on": args.sources, "_margin": args.margin,
+                                              "_honest_days": sum(len(t) for t in tables)},
                                              indent=2, sort_keys=True) + "\n")
         print(json.dumps(thresholds, indent=2, sort_keys=True))
         return 0

@@ -79,6 +79,13 @@ def land(instance, day: str, already: bool = False) -> None:
         "landing_interactions", partition=day, metadata={"already_ingested": already}))
 
 
+def judged(instance, day: str, verdict: str = "drift", failing=("cold_user_share",)) -> None:
+    """A completed monitoring evaluation as the asset records it (its metadata is what the sensor reads)."""
+    instance.report_runless_asset_event(dg.AssetMaterialization("recommendation_monitoring", partition=day, metadata={
+        "verdict": verdict, "failing": list(failing) if verdict == "drift" else [], "failing_values": {},
+        "partition": day}))
+
+
 def tick(instance, project, cursor=None):
     ctx = dg.build_sensor_context(instance=instance, cursor=cursor,
                                   resources={"pipeline": DvcPipeline(project_dir=str(project))})
@@ -143,41 +150,48 @@ def test_monitoring_asset_and_drift_check_and_sensor(project, monkeypatch):
         assert set(request.tags["slmrec/drift_failing"].split(",")) == set(failing)
         assert json.loads(request.tags["slmrec/drift_values"])["cold_user_share"] == 0.5
 
-        materialize(project, SHIFT, instance)  # drift again while the requested retrain has not run yet
+        judged(instance, "1998-01-21")  # drift again while the requested retrain has not run yet
         skip, cursor = tick(instance, project, cursor)
         assert isinstance(skip, dg.SkipReason) and "pending" in skip.skip_message
         finish_request(instance, request, dg.DagsterRunStatus.SUCCESS)  # promoted a new champion
         land(instance, "1998-01-21")
-        materialize(project, SHIFT, instance)  # drift again, one hour later: inside the cooldown
+        judged(instance, "1998-01-22")  # drift again, one hour later: inside the cooldown
         clock[0] += 3600
         skip, cursor = tick(instance, project, cursor)
         assert isinstance(skip, dg.SkipReason) and "cooldown" in skip.skip_message
 
-        materialize(project, SHIFT, instance)  # and again after the cooldown, with new data: a second request
+        judged(instance, "1998-01-23")  # and again after the cooldown, with new data: a second request
         clock[0] += 24 * 3600
         second, cursor = tick(instance, project, cursor)
         assert isinstance(second, dg.RunRequest) and second.run_key != request.run_key
         finish_request(instance, second, dg.DagsterRunStatus.SUCCESS)
 
-        # two drift retrains in a row and the drift persists: alert and stop, even with new data and no cooldown
+        # two drift retrains and the drift persists: alert and stop, even with new data and no cooldown
         land(instance, "1998-01-22")
-        materialize(project, SHIFT, instance)
+        judged(instance, "1998-01-24")
         clock[0] += 24 * 3600
         stop, cursor = tick(instance, project, cursor)
-        assert isinstance(stop, dg.SkipReason) and "did not end the drift" in stop.skip_message, cursor
+        assert isinstance(stop, dg.SkipReason) and "did not end the drift" in stop.skip_message
         (alert,) = alerts(project)
-        assert alert["alert"] == "drift retraining stopped" and "2 drift retrain(s)" in alert["reason"]
-        materialize(project, SHIFT, instance)
+        assert alert["alert"] == "drift retraining stopped" and "2 drift retrain(s) since" in alert["reason"]
+        judged(instance, "1998-01-25")
         clock[0] += 24 * 3600
         again, cursor = tick(instance, project, cursor)  # stopped: no new request, no second alert
         assert isinstance(again, dg.SkipReason) and "stopped" in again.skip_message and len(alerts(project)) == 1
 
-        # new data is what a person or the world does: the loop resumes
+        # more new data does not restart a drift that retraining did not fix (no storm) ...
         land(instance, "1998-01-23")
-        materialize(project, SHIFT, instance)
+        judged(instance, "1998-01-26")
+        clock[0] += 24 * 3600
+        still, cursor = tick(instance, project, cursor)
+        assert isinstance(still, dg.SkipReason) and "waiting for a window judged ok" in still.skip_message
+        # ... a window judged ok ends the episode: the next drift with new data retrains again
+        judged(instance, "1998-01-27", "ok")
+        land(instance, "1998-01-24")
+        judged(instance, "1998-01-28")
         clock[0] += 24 * 3600
         resumed, cursor = tick(instance, project, cursor)
-        assert isinstance(resumed, dg.RunRequest)
+        assert isinstance(resumed, dg.RunRequest) and len(alerts(project)) == 1
 
 
 def test_drift_without_new_data_alerts_once_and_stops(project, monkeypatch):
@@ -190,7 +204,7 @@ def test_drift_without_new_data_alerts_once_and_stops(project, monkeypatch):
         assert isinstance(stop, dg.SkipReason) and "no new data" in stop.skip_message
         (alert,) = alerts(project)
         assert "a retrain would reproduce it" in alert["reason"] and alert["partition"] == SHIFT
-        materialize(project, SHIFT, instance)
+        judged(instance, "1998-01-21")
         again, cursor = tick(instance, project, cursor)
         assert isinstance(again, dg.SkipReason) and len(alerts(project)) == 1
 
@@ -201,20 +215,41 @@ def test_a_retrain_the_gate_refused_alerts_and_stops_until_new_data(project, mon
         clock = [3_000_000.0]
         monkeypatch.setattr(drift_sensors, "now", lambda: clock[0])
         land(instance, SHIFT)
-        materialize(project, SHIFT, instance)
+        meta, _check = materialize(project, SHIFT, instance)
         request, cursor = tick(instance, project)
-        assert isinstance(request, dg.RunRequest)
+        assert isinstance(request, dg.RunRequest), (meta["verdict"].value, meta["failing"].value, cursor)
         finish_request(instance, request, dg.DagsterRunStatus.FAILURE)  # promoted_model refused the candidate
-        materialize(project, SHIFT, instance)
+        judged(instance, "1998-01-21")
         clock[0] += 48 * 3600
         stop, cursor = tick(instance, project, cursor)
         assert isinstance(stop, dg.SkipReason) and "did not replace the champion" in stop.skip_message
         (alert,) = alerts(project)
         assert alert["request"] == request.tags["slmrec/drift_request"]
         land(instance, "1998-01-21")  # new data: one more try through the gate
-        materialize(project, SHIFT, instance)
+        judged(instance, "1998-01-22")
         retry, cursor = tick(instance, project, cursor)
         assert isinstance(retry, dg.RunRequest)
+
+
+def test_a_day_monitored_again_is_news_only_for_a_rule_that_newly_fails(project, monkeypatch):
+    """The schedule monitors a day again when its ground truth completes: the same failing rules are not a second
+    drift (no second retrain for one event); a rule that fails only now (the delayed NDCG) is."""
+    with dg.instance_for_test() as instance:
+        clock = [4_000_000.0]
+        monkeypatch.setattr(drift_sensors, "now", lambda: clock[0])
+        land(instance, SHIFT)
+        judged(instance, SHIFT, failing=["popularity_shift"])
+        request, cursor = tick(instance, project)
+        assert isinstance(request, dg.RunRequest)
+        finish_request(instance, request, dg.DagsterRunStatus.SUCCESS)
+        land(instance, "1998-01-21")
+        clock[0] += 48 * 3600
+        judged(instance, SHIFT, failing=["popularity_shift"])  # re-monitored with its truth: nothing new
+        skip, cursor = tick(instance, project, cursor)
+        assert isinstance(skip, dg.SkipReason) and "no new drift (1 day(s) judged again" in skip.skip_message
+        judged(instance, SHIFT, failing=["popularity_shift", "ndcg_drop"])  # the quality rule fails now
+        again, cursor = tick(instance, project, cursor)
+        assert isinstance(again, dg.RunRequest) and again.tags["slmrec/drift_failing"] == "popularity_shift,ndcg_drop"
 
 
 def test_sensor_targets_retrain_job_and_asset_is_in_deployment_group():

@@ -38,9 +38,12 @@ def tool_dvc() -> list[str]:
     return cmd
 
 
-def run(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+def run(cwd: Path, *args: str, clean_path: bool = False) -> subprocess.CompletedProcess:
+    """`clean_path`: the README's command from a shell with no venv on PATH (the DVC wrapper adds .venv/bin)."""
     env = {**DvcPipeline(project_dir=str(cwd)).env(), "GIT_AUTHOR_NAME": "tests", "GIT_AUTHOR_EMAIL": "t@slmrec",
            "GIT_COMMITTER_NAME": "tests", "GIT_COMMITTER_EMAIL": "t@slmrec"}
+    if clean_path:
+        env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     return proc
@@ -92,7 +95,10 @@ def test_exp_run_on_the_real_pipeline(dvc_project, tmp_path):
     identity(project)
     git(project, "add", "dvc.lock", "results")
     git(project, "commit", "-q", "--allow-empty", "-m", "pipeline outputs")  # empty when the copy matched dvc.lock
-    # train_llm is not a parameter of the stages up to sasrec: they stay cached, the experiment is recorded
-    run(project, *dvc, "exp", "run", "-S", "train_llm.epochs=1", "sasrec")
+    # train_sasrec.epochs re-runs the sasrec stage: its command `slmrec train sasrec` must be found from a shell
+    # without any venv on PATH, as the README's `.venv-dvc/bin/dvc exp run -S ...` is typed (it exited 127 before)
+    out = run(project, str(REPO / ".venv-dvc/bin/dvc"), "exp", "run", "-S", "train_sasrec.epochs=1", "sasrec",
+              clean_path=True).stdout
+    assert "Running stage 'sasrec'" in out
     show = json.loads(run(project, *dvc, "exp", "show", "--json").stdout)
-    assert any(e["params"]["params.yaml"]["data"]["train_llm"]["epochs"] == 1 for e in experiments(show))
+    assert any(e["params"]["params.yaml"]["data"]["train_sasrec"]["epochs"] == 1 for e in experiments(show))

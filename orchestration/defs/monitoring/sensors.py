@@ -18,9 +18,16 @@ issue 17 cannot happen). On a `drift` verdict:
 - inside `monitoring.retrain_cooldown_hours` of the last request -> wait;
 - else request one `retrain_job` run (tags: the partition, failing rules and values, the request id).
 
-Stopped, it stays stopped (one alert, then skips that say why) until new data lands or a person acts:
-resetting the sensor's cursor in the UI (Automation -> retrain_on_drift -> Reset cursor) starts it afresh.
-Alerts go to the log and to automation.alerts_file (one JSON line each).
+A day is monitored again when its ground truth completes (the daily schedule): that evaluation is news
+only for a rule that had not failed on that day before (the cursor keeps each day's failing rules).
+
+Stopped, it stays stopped (one alert, then skips that say why) until the world or a person acts: a stop
+for no new data or a refused retrain ends when new data lands after it; every drift retrain counts
+toward `max_drift_retrains` until a window is judged `ok` again, so new data arriving daily cannot turn
+a drift that retraining does not fix into a retrain storm (at most max_drift_retrains per drift episode);
+the stop for the streak ends only with an `ok` window. A person resets the sensor's cursor in the UI
+(Automation -> retrain_on_drift -> Reset cursor) to start afresh. Alerts go to the log and to
+automation.alerts_file (one JSON line each).
 """
 
 import json
@@ -36,7 +43,9 @@ MONITORING = dg.AssetKey("recommendation_monitoring")
 PROMOTED = dg.AssetKey("promoted_model")
 LANDING = dg.AssetKey("landing_interactions")
 REQUEST_TAG = "slmrec/drift_request"
-START = {"after_id": 0, "last_request": None, "request": None, "data_mark": None, "streak": 0, "halted": None}
+START = {"after_id": 0, "last_request": None, "request": None, "data_mark": None, "streak": 0, "halted": None,
+         "halted_kind": None, "judged": {}}
+KEEP_PARTITIONS = 90  # how many partitions' failing rules the cursor remembers
 
 
 def now() -> float:
@@ -86,7 +95,7 @@ def request_outcome(instance: dg.DagsterInstance, request_id: str) -> str:
     "retrains retrains that did not end the drift. At most one request per monitoring.retrain_cooldown_hours.",
 )
 def retrain_on_drift(context: dg.SensorEvaluationContext, pipeline: DvcPipeline):
-    state = {**START, **(json.loads(context.cursor) if context.cursor else {})}
+    state = {**json.loads(json.dumps(START)), **(json.loads(context.cursor) if context.cursor else {})}  # a fresh copy
     params = pipeline.params()
     mon = params.monitoring
     instance = context.instance
@@ -94,8 +103,8 @@ def retrain_on_drift(context: dg.SensorEvaluationContext, pipeline: DvcPipeline)
     def save():
         context.update_cursor(json.dumps(state, sort_keys=True))
 
-    def halt(reason: str, **details):
-        state["halted"] = reason
+    def halt(reason: str, kind: str, **details):
+        state["halted"], state["halted_kind"] = reason, kind
         landed = _records(instance, LANDING, state["data_mark"])
         if landed:
             state["data_mark"] = landed[-1].storage_id  # only data landing after the stop resumes the loop
@@ -111,7 +120,19 @@ def retrain_on_drift(context: dg.SensorEvaluationContext, pipeline: DvcPipeline)
     verdicts = [_meta(r, "verdict") for r in records]
     if "ok" in verdicts:
         state["streak"] = 0  # a window judged ok: the drift ended
-    drift = [r for r, v in zip(records, verdicts) if v == "drift"]
+        if state["halted_kind"] == "streak":
+            state["halted"] = state["halted_kind"] = None
+    # a day is monitored again when its ground truth completes: only a rule that newly fails there is news
+    drift = []
+    for record, verdict in zip(records, verdicts):
+        if verdict != "drift":
+            continue
+        day = _meta(record, "partition", record.partition_key or "")
+        failing = set(_meta(record, "failing", []))
+        if failing - set(state["judged"].get(day, [])):
+            drift.append(record)
+        state["judged"][day] = sorted(failing | set(state["judged"].get(day, [])))
+    state["judged"] = dict(sorted(state["judged"].items())[-KEEP_PARTITIONS:])
 
     if state["request"]:
         outcome = request_outcome(instance, state["request"])
@@ -121,28 +142,33 @@ def retrain_on_drift(context: dg.SensorEvaluationContext, pipeline: DvcPipeline)
         request, state["request"] = state["request"], None
         if outcome == "not promoted" and not state["halted"]:
             return halt(f"the drift retrain {request} did not replace the champion (refused by the "
-                        "champion/challenger gate, or failed)", request=request)
+                        "champion/challenger gate, or failed)", "refused", request=request)
     if not drift:
         save()
-        return dg.SkipReason(f"{len(records)} new monitoring evaluation(s), no drift" if records
-                             else "no monitoring evaluation since the last tick")
+        if not records:
+            return dg.SkipReason("no monitoring evaluation since the last tick")
+        again = sum(v == "drift" for v in verdicts)
+        return dg.SkipReason(f"{len(records)} new monitoring evaluation(s), no drift" if not again else
+                             f"{len(records)} new monitoring evaluation(s), no new drift ({again} day(s) judged again "
+                             "with rules that had failed there before)")
     latest = drift[-1]
     partition = _meta(latest, "partition", latest.partition_key or "")
     mark = state["data_mark"] if state["data_mark"] is not None else champion_mark(instance)
     fresh = new_landing(instance, mark)
     if state["halted"]:
-        if not fresh:
+        if not fresh or state["halted_kind"] == "streak":
             save()
-            return dg.SkipReason(f"drift on {partition}, but stopped: {state['halted']}; waiting for new data or a "
+            waiting = "a window judged ok" if state["halted_kind"] == "streak" else "new data"
+            return dg.SkipReason(f"drift on {partition}, but stopped: {state['halted']}; waiting for {waiting} or a "
                                  "person (reset the cursor)")
         context.log.info(f"new data since the stop ({len(fresh)} landing materialization(s)): drift retraining resumes")
-        state["halted"], state["streak"] = None, 0
+        state["halted"] = state["halted_kind"] = None
     if state["streak"] >= mon.max_drift_retrains:
-        return halt(f"{state['streak']} drift retrain(s) in a row did not end the drift (latest on {partition}: "
-                    f"{', '.join(_meta(latest, 'failing', []))})", partition=partition)
+        return halt(f"{state['streak']} drift retrain(s) since the last window judged ok did not end the drift "
+                    f"(latest on {partition}: {', '.join(_meta(latest, 'failing', []))})", "streak", partition=partition)
     if not fresh:
         return halt(f"drift on {partition} ({', '.join(_meta(latest, 'failing', []))}) with no new data since the "
-                    "champion was trained: a retrain would reproduce it", partition=partition)
+                    "champion was trained: a retrain would reproduce it", "no_data", partition=partition)
     cooldown_s = mon.retrain_cooldown_hours * 3600
     t = now()
     if state["last_request"] is not None and t - state["last_request"] < cooldown_s:
