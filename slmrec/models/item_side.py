@@ -36,11 +36,15 @@ class TextInputs:
 
     table: Tensor  # (n_items + 1, d_text) float32, prepared (prepare_text)
     mask: Tensor  # (n_items + 1,) bool: True = the item has text
+    # (n_items + 1,) bool: True = the item never occurs in the training sequences, so its ID vector was never
+    # trained as a target (a cold item): id+text reads only its text view. None or all False: every item seen
+    unseen: Tensor | None = None
 
     @classmethod
-    def empty(cls, n_rows: int, d_text: int) -> "TextInputs":
+    def empty(cls, n_rows: int, d_text: int, unseen: bool = False) -> "TextInputs":
         """Placeholders of the right shape (a checkpoint's buffers replace them when it loads)."""
-        return cls(torch.zeros(n_rows, d_text), torch.zeros(n_rows, dtype=torch.bool))
+        flags = torch.ones(n_rows, dtype=torch.bool) if unseen else None
+        return cls(torch.zeros(n_rows, d_text), torch.zeros(n_rows, dtype=torch.bool), flags)
 
 
 WHITEN_EPS = 1e-5  # added to the covariance eigenvalues: directions with ~no variance are not blown up
@@ -141,8 +145,12 @@ class IdTextSide(nn.Module):
             raise ValueError(f"item_fusion: unknown fusion {fusion!r}; known: {sorted(FUSIONS)}")
         self.text = TextView(text, d_id, zero_init=FUSIONS[fusion].text_starts_at_zero)
         self.fusion = FUSIONS[fusion](d_id)
+        if text.unseen is not None and bool(text.unseen.any()):  # only then: checkpoints without cold items as before
+            self.register_buffer("id_unseen", text.unseen.detach().bool().clone())  # (n_items + 1,)
 
     def forward(self, ids: Tensor) -> Tensor:
+        if hasattr(self, "id_unseen"):  # a cold item's ID vector is untrained noise: its text alone speaks
+            ids = ids.masked_fill(self.id_unseen[:, None], 0.0)
         return self.fusion(ids, self.text())  # (n_items + 1, d_id)
 
 
@@ -152,6 +160,23 @@ ITEM_SIDES: dict[str, tuple[Callable[[int, TextInputs | None, str], nn.Module], 
     "text": (lambda d_id, text, fusion: TextSide(d_id, text), True),
     "id+text": (lambda d_id, text, fusion: IdTextSide(d_id, text, fusion), True),
 }
+
+
+def unseen_items(side: nn.Module) -> int:
+    """How many items the side reads through their text alone (never seen in training); 0 for most runs."""
+    flags = getattr(side, "id_unseen", None)
+    return int(flags.sum()) if flags is not None else 0
+
+
+def unseen_in(train: list[list[int]], n_items: int) -> Tensor:
+    """(n_items + 1,) bool: items that occur in no training sequence (row 0, padding, is False)."""
+    counts = torch.zeros(n_items + 1, dtype=torch.long)
+    for seq in train:
+        if seq:
+            counts[torch.as_tensor(seq)] += 1
+    unseen = counts == 0
+    unseen[0] = False
+    return unseen
 
 
 def side_needs_text(name: str) -> bool:
@@ -169,4 +194,5 @@ def build_item_side(name: str, d_id: int, text: TextInputs | None = None, fusion
     return builder(d_id, text, fusion)
 
 
-__all__ = ["ITEM_SIDES", "FUSIONS", "TextInputs", "TextView", "prepare_text", "build_item_side", "side_needs_text"]
+__all__ = ["ITEM_SIDES", "FUSIONS", "TextInputs", "TextView", "prepare_text", "build_item_side", "side_needs_text",
+           "unseen_items", "unseen_in"]

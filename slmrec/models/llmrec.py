@@ -44,7 +44,7 @@ from slmrec.config import LLMRecConfig, from_dict, to_dict
 from slmrec.models.backbones import DTYPE_NAMES, Backbone, load_backbone
 from slmrec.models.base import LossOutput, Recommender, mask_padding_column
 from slmrec.models.item_adapters import build_item_adapter
-from slmrec.models.item_side import TextInputs, build_item_side, side_needs_text
+from slmrec.models.item_side import TextInputs, build_item_side, side_needs_text, unseen_items
 
 # ---------------------------------------------------------------- objectives
 
@@ -382,6 +382,7 @@ class LLMRec(Recommender):
             "d_id": self.d_id,
             "backbone_source": self.backbone_source,
             **({"d_text": self.d_text} if self.d_text is not None else {}),  # the text table's width (text sides)
+            **({"unseen_items": n} if (n := unseen_items(self.item_side)) else {}),  # cold items: text only
         }
 
     @classmethod
@@ -392,7 +393,8 @@ class LLMRec(Recommender):
         if device is not None:
             cfg = dataclasses.replace(cfg, device=device)
         rows = config["n_items"] + 1
-        text = TextInputs.empty(rows, config["d_text"]) if side_needs_text(cfg.item_side) else None
+        text = (TextInputs.empty(rows, config["d_text"], unseen="unseen_items" in config)
+                if side_needs_text(cfg.item_side) else None)  # fmt: skip
         model = cls(cfg, config["n_layers"], torch.zeros(rows, config["d_id"]), text=text)
         recorded = config.get("backbone_source")
         if recorded != model.backbone_source:

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from slmrec.config import SASRecConfig
 from slmrec.models.base import LossOutput, Recommender, mask_padding_column
-from slmrec.models.item_side import TextInputs, build_item_side, side_needs_text
+from slmrec.models.item_side import TextInputs, build_item_side, side_needs_text, unseen_items
 
 
 class CausalSelfAttention(nn.Module):
@@ -189,10 +189,12 @@ class SASRec(Recommender):
 
     def config_dict(self) -> dict:
         return {"n_items": self.n_items, "sasrec": dataclasses.asdict(self.cfg),
-                **({"d_text": self.d_text} if self.d_text is not None else {})}  # fmt: skip
+                **({"d_text": self.d_text} if self.d_text is not None else {}),
+                **({"unseen_items": n} if (n := unseen_items(self.item_side)) else {})}  # fmt: skip
 
     @classmethod
     def from_config_dict(cls, config: dict) -> "SASRec":
         cfg = SASRecConfig(**config["sasrec"])
-        text = TextInputs.empty(config["n_items"] + 1, config["d_text"]) if side_needs_text(cfg.item_side) else None
+        text = (TextInputs.empty(config["n_items"] + 1, config["d_text"], unseen="unseen_items" in config)
+                if side_needs_text(cfg.item_side) else None)  # fmt: skip
         return cls(config["n_items"], cfg, text=text)

@@ -37,7 +37,7 @@ from slmrec.hashing import code_version
 from slmrec.lineage import atomic_write_text, content_hash, write_card
 from slmrec.models.backbones import resolve_device
 from slmrec.models.base import Recommender, seeded
-from slmrec.models.item_side import TextInputs, prepare_text, side_needs_text
+from slmrec.models.item_side import TextInputs, prepare_text, side_needs_text, unseen_in
 from slmrec.models.llmrec import LLMRec
 from slmrec.models.sasrec import SASRec
 from slmrec.models.checkpoint import load_model, model_class_path, save_atomic
@@ -127,7 +127,7 @@ def train_sasrec(split_dir: str, params: Params, out_dir: str, runs_dir: str = "
     valid = make_eval_examples(splits.valid, cfg.max_len)
     dist = current()
     device = dist.device if dist.distributed else resolve_device(params.llm.device)
-    text, text_key = text_inputs(params, splits.n_items, cfg.item_side)
+    text, text_key = text_inputs(params, splits.n_items, cfg.item_side, train=splits.train)
     with seeded(tcfg.seed):
         model = SASRec(splits.n_items, cfg, text=text).to(device)
     ckpt = resume_dir(runs_dir, "sasrec", {
@@ -141,16 +141,20 @@ def train_sasrec(split_dir: str, params: Params, out_dir: str, runs_dir: str = "
                    {"sasrec": to_dict(cfg), "train": to_dict(tcfg)}, parents, counts)
 
 
-def text_inputs(params: Params, n_items: int, side: str, whiten: bool = False) -> tuple[TextInputs | None, str | None]:
+def text_inputs(
+    params: Params, n_items: int, side: str, whiten: bool = False, train: list[list[int]] | None = None
+) -> tuple[TextInputs | None, str | None]:
     """The prepared item text table (params.item_text.out_dir) and its content key, for a side that reads
-    text; (None, None) for `id`."""
+    text; (None, None) for `id`. `train`: the training sequences (items in none of them are read through
+    their text alone by id+text: their ID vectors never trained)."""
     if not side_needs_text(side):
         return None, None
     from slmrec.stages.item_text import load_item_text
 
     found = load_item_text(params.item_text.out_dir, n_items)
     mask = torch.from_numpy(found.mask)
-    return TextInputs(prepare_text(torch.from_numpy(found.table), mask, whiten), mask), found.key
+    unseen = unseen_in(train, n_items) if train is not None else None
+    return TextInputs(prepare_text(torch.from_numpy(found.table), mask, whiten), mask, unseen), found.key
 
 
 def item_table(sasrec_dir: str) -> torch.Tensor:
@@ -178,7 +182,7 @@ def train_llm(
     train = make_train_examples(splits.train, cfg.max_len, cfg.windows_per_user)
     valid = make_eval_examples(splits.valid, cfg.max_len)
     table = item_table(sasrec_dir)
-    text, text_key = text_inputs(params, splits.n_items, cfg.item_side, cfg.text_whiten)
+    text, text_key = text_inputs(params, splits.n_items, cfg.item_side, cfg.text_whiten, train=splits.train)
     dist = current()
     build_cfg = dataclasses.replace(cfg, device=str(dist.device)) if dist.distributed else cfg
     with seeded(tcfg.seed):  # the initial weights depend on the seed only (not on a conversion run before)

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import write_snapshot
+from snapshots import write_snapshot
 from slmrec.config import EvalConfig, ItemTextConfig, Params, SASRecConfig, SequenceConfig, TrainConfig
 from slmrec.data.sequences import build_splits, load_splits
 from slmrec.eval.cold import cold_evaluate, cold_items_of, make_cold_splits, pick_cold_items
@@ -89,7 +89,8 @@ def test_only_a_text_model_ranks_cold_items(tmp_path):
     assert m["popularity"]["cold"]["ndcg@10"] == 0.0  # no training count: ranked behind every seen item
     assert m["sasrec_id"]["cold"]["hr@10"] <= 0.35, m  # an unseen ID vector: no better than chance (10 of 40)
     assert m["sasrec_text"]["cold"]["hr@10"] >= 0.9, m  # the cold item's text is its seen twin's
-    assert m["sasrec_id+text"]["cold"]["hr@10"] >= m["sasrec_id"]["cold"]["hr@10"] + 0.3, m
+    # id+text reads a cold item through its text alone (its ID vector never trained): as good as `text`
+    assert m["sasrec_id+text"]["cold"]["hr@10"] >= 0.9, m
     for name in m:
         assert m[name]["warm"]["hr@10"] > 0.5 or name == "popularity"
     table = (tmp_path / "cold.md").read_text()

@@ -12,7 +12,9 @@ import torch
 from slmrec.config import DistillConfig, LLMRecConfig, SASRecConfig, TrainConfig
 from slmrec.data.examples import make_eval_examples, make_train_examples
 from slmrec.distill.distiller import DistillationModel
-from slmrec.models.item_side import FUSIONS, ITEM_SIDES, TextInputs, build_item_side, prepare_text
+from slmrec.models.item_side import (
+    FUSIONS, ITEM_SIDES, TextInputs, build_item_side, prepare_text, unseen_in, unseen_items,
+)  # fmt: skip
 from slmrec.models.llmrec import LLMRec
 from slmrec.models.sasrec import SASRec
 from slmrec.train.loop import fit
@@ -183,3 +185,25 @@ def test_distillation_with_a_text_side_uses_each_models_item_vectors():
     assert out.terms["kl"] > 0
     assert student.item_side.text.map.weight.grad is not None  # the KL and CE reach the student's text view
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_unseen_items_are_read_through_their_text_alone():
+    """An item in no training sequence: id+text ignores its (untrained) ID vector; the flags travel along."""
+    unseen = unseen_in([[1, 2, 3], [2, 4]], 5)
+    assert unseen.tolist() == [False, False, False, False, False, True]
+    t = text_inputs(n_items=5)
+    side = build_item_side("id+text", D_ID, TextInputs(t.table, t.mask, unseen), "sum")
+    with torch.no_grad():
+        side.text.map.weight.normal_()
+    ids = torch.randn(6, D_ID)
+    out = side(ids)
+    torch.testing.assert_close(out[5], side.text()[5])  # text only
+    torch.testing.assert_close(out[:5], ids[:5] + side.text()[:5])
+    assert unseen_items(side) == 1
+    assert unseen_items(build_item_side("id+text", D_ID, t, "sum")) == 0  # none unseen: no flags stored
+
+    torch.manual_seed(0)
+    m = SASRec(5, SASRecConfig(hidden=D_ID, max_len=MAX_LEN, item_side="id+text"), text=TextInputs(t.table, t.mask, unseen))
+    rebuilt = SASRec.from_config_dict(m.config_dict())
+    rebuilt.load_trainable_state_dict(m.trainable_state_dict())
+    assert m.config_dict()["unseen_items"] == 1 and torch.equal(rebuilt.item_side.id_unseen, unseen)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import write_snapshot
+from snapshots import write_snapshot
 from slmrec.config import ItemTextConfig, LLMRecConfig, Params, SequenceConfig
 from slmrec.data.item_text import catalogue_fields, item_texts, render, template_fields
 from slmrec.lineage import read_card, write_card
