@@ -185,10 +185,16 @@ def test_monitoring_asset_and_drift_check_and_sensor(project, monkeypatch):
         clock[0] += 24 * 3600
         still, cursor = tick(instance, project, cursor)
         assert isinstance(still, dg.SkipReason) and "waiting for a window judged ok" in still.skip_message
-        # ... a window judged ok ends the episode: the next drift with new data retrains again
-        judged(instance, "1998-01-27", "ok")
+        # ... nor does an older day judged ok again (its ground truth completed) ...
+        judged(instance, "1998-01-19", "ok")
+        judged(instance, "1998-01-27")
+        clock[0] += 24 * 3600
+        still, cursor = tick(instance, project, cursor)
+        assert isinstance(still, dg.SkipReason) and "waiting for a window judged ok" in still.skip_message
+        # ... a later window judged ok ends the episode: the next drift with new data retrains again
+        judged(instance, "1998-01-28", "ok")
         land(instance, "1998-01-24")
-        judged(instance, "1998-01-28")
+        judged(instance, "1998-01-29")
         clock[0] += 24 * 3600
         resumed, cursor = tick(instance, project, cursor)
         assert isinstance(resumed, dg.RunRequest) and len(alerts(project)) == 1

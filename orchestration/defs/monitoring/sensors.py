@@ -23,7 +23,8 @@ only for a rule that had not failed on that day before (the cursor keeps each da
 
 Stopped, it stays stopped (one alert, then skips that say why) until the world or a person acts: a stop
 for no new data or a refused retrain ends when new data lands after it; every drift retrain counts
-toward `max_drift_retrains` until a window is judged `ok` again, so new data arriving daily cannot turn
+toward `max_drift_retrains` until a window later than the last drift is judged `ok` (an old day judged
+again does not count), so new data arriving daily cannot turn
 a drift that retraining does not fix into a retrain storm (at most max_drift_retrains per drift episode);
 the stop for the streak ends only with an `ok` window. A person resets the sensor's cursor in the UI
 (Automation -> retrain_on_drift -> Reset cursor) to start afresh. Alerts go to the log and to
@@ -44,7 +45,7 @@ PROMOTED = dg.AssetKey("promoted_model")
 LANDING = dg.AssetKey("landing_interactions")
 REQUEST_TAG = "slmrec/drift_request"
 START = {"after_id": 0, "last_request": None, "request": None, "data_mark": None, "streak": 0, "halted": None,
-         "halted_kind": None, "judged": {}}
+         "halted_kind": None, "judged": {}, "last_drift_day": None}
 KEEP_PARTITIONS = 90  # how many partitions' failing rules the cursor remembers
 
 
@@ -118,16 +119,17 @@ def retrain_on_drift(context: dg.SensorEvaluationContext, pipeline: DvcPipeline)
     if records:
         state["after_id"] = records[-1].storage_id
     verdicts = [_meta(r, "verdict") for r in records]
-    if "ok" in verdicts:
-        state["streak"] = 0  # a window judged ok: the drift ended
-        if state["halted_kind"] == "streak":
-            state["halted"] = state["halted_kind"] = None
     # a day is monitored again when its ground truth completes: only a rule that newly fails there is news
     drift = []
     for record, verdict in zip(records, verdicts):
+        day = _meta(record, "partition", record.partition_key or "")
+        if verdict == "ok" and day > (state["last_drift_day"] or ""):
+            state["streak"] = 0  # a window later than the last drift judged ok: the drift ended
+            if state["halted_kind"] == "streak":
+                state["halted"] = state["halted_kind"] = None
         if verdict != "drift":
             continue
-        day = _meta(record, "partition", record.partition_key or "")
+        state["last_drift_day"] = max(day, state["last_drift_day"] or "")
         failing = set(_meta(record, "failing", []))
         if failing - set(state["judged"].get(day, [])):
             drift.append(record)
