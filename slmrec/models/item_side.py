@@ -37,7 +37,8 @@ class TextInputs:
     table: Tensor  # (n_items + 1, d_text) float32, prepared (prepare_text)
     mask: Tensor  # (n_items + 1,) bool: True = the item has text
     # (n_items + 1,) bool: True = the item never occurs in the training sequences, so its ID vector was never
-    # trained as a target (a cold item): id+text reads only its text view. None or all False: every item seen
+    # trained as a target (a cold item): id+text reads only its text view, and text sides leave it out of the
+    # training softmax (exclude_unseen). None or all False: every item seen
     unseen: Tensor | None = None
 
     @classmethod
@@ -89,10 +90,17 @@ class IdSide(nn.Module):
         return ids  # (n_items + 1, d_id)
 
 
+def _keep_unseen(side: nn.Module, text: TextInputs) -> None:
+    """Store the unseen-item flags (only when there are such items: other checkpoints stay as they were)."""
+    if text.unseen is not None and bool(text.unseen.any()):
+        side.register_buffer("id_unseen", text.unseen.detach().bool().clone())  # (n_items + 1,)
+
+
 class TextSide(nn.Module):
     def __init__(self, d_id: int, text: TextInputs):
         super().__init__()
         self.text = TextView(text, d_id, zero_init=False)
+        _keep_unseen(self, text)
 
     def forward(self, ids: Tensor) -> Tensor:
         return self.text()  # (n_items + 1, d_id); the id table only fixed d_id
@@ -145,8 +153,7 @@ class IdTextSide(nn.Module):
             raise ValueError(f"item_fusion: unknown fusion {fusion!r}; known: {sorted(FUSIONS)}")
         self.text = TextView(text, d_id, zero_init=FUSIONS[fusion].text_starts_at_zero)
         self.fusion = FUSIONS[fusion](d_id)
-        if text.unseen is not None and bool(text.unseen.any()):  # only then: checkpoints without cold items as before
-            self.register_buffer("id_unseen", text.unseen.detach().bool().clone())  # (n_items + 1,)
+        _keep_unseen(self, text)
 
     def forward(self, ids: Tensor) -> Tensor:
         if hasattr(self, "id_unseen"):  # a cold item's ID vector is untrained noise: its text alone speaks
@@ -166,6 +173,14 @@ def unseen_items(side: nn.Module) -> int:
     """How many items the side reads through their text alone (never seen in training); 0 for most runs."""
     flags = getattr(side, "id_unseen", None)
     return int(flags.sum()) if flags is not None else 0
+
+
+def exclude_unseen(logits: Tensor, side: nn.Module) -> Tensor:
+    """Training logits without the items no training sequence holds (text sides): a cold item is not in the
+    catalogue while the model trains, so it is no negative either (else the shared text map learns to push
+    every cold text down). Evaluation scores every item."""
+    flags = getattr(side, "id_unseen", None)
+    return logits if flags is None else logits.masked_fill(flags, float("-inf"))  # (N, n_items + 1)
 
 
 def unseen_in(train: list[list[int]], n_items: int) -> Tensor:
@@ -195,4 +210,4 @@ def build_item_side(name: str, d_id: int, text: TextInputs | None = None, fusion
 
 
 __all__ = ["ITEM_SIDES", "FUSIONS", "TextInputs", "TextView", "prepare_text", "build_item_side", "side_needs_text",
-           "unseen_items", "unseen_in"]
+           "unseen_items", "unseen_in", "exclude_unseen"]

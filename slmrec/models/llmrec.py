@@ -44,7 +44,7 @@ from slmrec.config import LLMRecConfig, from_dict, to_dict
 from slmrec.models.backbones import DTYPE_NAMES, Backbone, load_backbone
 from slmrec.models.base import LossOutput, Recommender, mask_padding_column
 from slmrec.models.item_adapters import build_item_adapter
-from slmrec.models.item_side import TextInputs, build_item_side, side_needs_text, unseen_items
+from slmrec.models.item_side import TextInputs, build_item_side, exclude_unseen, side_needs_text, unseen_items
 
 # ---------------------------------------------------------------- objectives
 
@@ -333,7 +333,8 @@ class LLMRec(Recommender):
             raise RuntimeError("LLMRec was merged for inference; rebuild it from its checkpoint to train")
         enc = self.encode(batch)
         states, labels = self.rows(enc, enc.final)  # (N, H), (N,)
-        ce = F.cross_entropy(self.scores(self.user_vectors(states)), labels)
+        logits = exclude_unseen(self.scores(self.user_vectors(states)), self.item_side)  # (N, n_items + 1)
+        ce = F.cross_entropy(logits, labels)
         return LossOutput(ce, {"ce": float(ce.detach())})
 
     def full_sort_predict(self, batch: dict[str, Tensor]) -> Tensor:

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from slmrec.config import SASRecConfig
 from slmrec.models.base import LossOutput, Recommender, mask_padding_column
-from slmrec.models.item_side import TextInputs, build_item_side, side_needs_text, unseen_items
+from slmrec.models.item_side import TextInputs, build_item_side, exclude_unseen, side_needs_text, unseen_items
 
 
 class CausalSelfAttention(nn.Module):
@@ -83,13 +83,15 @@ class Block(nn.Module):
 # ---- losses: (states (M, H) at positions with a target, targets (M,), item table (N+1, H)) -> scalar ----
 
 
-def ce_loss(states: Tensor, targets: Tensor, table: Tensor) -> Tensor:
+def ce_loss(states: Tensor, targets: Tensor, table: Tensor, side: nn.Module | None = None) -> Tensor:
     logits = states @ table.T  # (M, N+1)
     logits[:, 0] = float("-inf")  # padding is never a candidate
+    if side is not None:
+        logits = exclude_unseen(logits, side)  # text sides: items in no training sequence are no negatives
     return F.cross_entropy(logits, targets)
 
 
-def bce_loss(states: Tensor, targets: Tensor, table: Tensor) -> Tensor:
+def bce_loss(states: Tensor, targets: Tensor, table: Tensor, side: nn.Module | None = None) -> Tensor:
     n_items = table.shape[0] - 1
     if n_items < 2:
         raise ValueError("SASRec bce loss needs at least 2 items to draw a negative")
@@ -102,7 +104,7 @@ def bce_loss(states: Tensor, targets: Tensor, table: Tensor) -> Tensor:
     )
 
 
-LOSSES: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {"ce": ce_loss, "bce": bce_loss}
+LOSSES: dict[str, Callable[..., Tensor]] = {"ce": ce_loss, "bce": bce_loss}  # (states, targets, table, item side)
 
 
 def attention_mask(input_ids: Tensor) -> Tensor:
@@ -168,7 +170,7 @@ class SASRec(Recommender):
         has_target = targets != 0
         if not has_target.any():
             raise ValueError("SASRec.calculate_loss: batch has no target")
-        loss = LOSSES[self.cfg.loss](states[has_target], targets[has_target], self.items())
+        loss = LOSSES[self.cfg.loss](states[has_target], targets[has_target], self.items(), self.item_side)
         return LossOutput(loss, {self.cfg.loss: loss.item()})
 
     def predict(self, batch: dict[str, Tensor], items: Tensor) -> Tensor:

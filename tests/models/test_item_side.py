@@ -207,3 +207,21 @@ def test_unseen_items_are_read_through_their_text_alone():
     rebuilt = SASRec.from_config_dict(m.config_dict())
     rebuilt.load_trainable_state_dict(m.trainable_state_dict())
     assert m.config_dict()["unseen_items"] == 1 and torch.equal(rebuilt.item_side.id_unseen, unseen)
+
+
+def test_items_in_no_training_sequence_are_no_training_negatives():
+    """Text sides leave unseen items out of the training softmax (evaluation still scores them)."""
+    t = text_inputs(n_items=5)
+    unseen = unseen_in([[1, 2, 3], [2, 4]], 5)
+    torch.manual_seed(0)
+    m = SASRec(5, SASRecConfig(hidden=D_ID, max_len=MAX_LEN, dropout=0.0, item_side="text"),
+               text=TextInputs(t.table, t.mask, unseen))  # fmt: skip
+    b = {"input_ids": torch.tensor([[0, 1, 2]]), "targets": torch.tensor([[0, 2, 3]])}
+    loss = m.calculate_loss(b).loss
+    states = m(b)[0, 1:]  # (2, H)
+    logits = states @ m.items().T
+    logits[:, 0] = logits[:, 5] = float("-inf")
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, torch.tensor([2, 3])))
+    assert torch.isfinite(m.full_sort_predict(b)[:, 5]).all()  # scored at evaluation
+    llm = LLMRec.build(cfg(item_side="text"), "student", torch.randn(6, D_ID), text=TextInputs(t.table, t.mask, unseen))
+    llm.calculate_loss(batch_of([[1, 2, 3]]))  # a planted target 4: fine; unseen item 5 is masked, not a target
