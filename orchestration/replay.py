@@ -66,11 +66,12 @@ from slmrec.days import day_bounds, shift_day
 
 SCENARIOS = ("honest", "cold_ids", "taste", "popularity", "degraded", "pipeline")
 RULES = ("score_drift", "history_len_drift", "recent_popularity_drift", "unknown_item_share", "cold_user_share",
-         "ndcg_drop", "popularity_shift")
+         "ndcg_drop", "popularity_shift", "list_conflicts")
 THRESHOLD_OF = {"score_drift": "score_drift_threshold", "history_len_drift": "input_drift_threshold",
                 "recent_popularity_drift": "recent_popularity_threshold",
                 "unknown_item_share": "max_unknown_item_share", "cold_user_share": "max_cold_user_share",
-                "ndcg_drop": "max_ndcg_drop", "popularity_shift": "max_popularity_change"}
+                "ndcg_drop": "max_ndcg_drop", "popularity_shift": "max_popularity_change",
+                "list_conflicts": "max_list_conflict_share"}
 
 
 @dataclasses.dataclass
@@ -447,7 +448,7 @@ def markdown_table(table: list[dict]) -> str:
 
 COLOURS = {"score_drift": "#1f77b4", "history_len_drift": "#8c564b", "recent_popularity_drift": "#e377c2",
            "unknown_item_share": "#d62728", "cold_user_share": "#ff7f0e", "ndcg_drop": "#9467bd",
-           "popularity_shift": "#2ca02c"}
+           "popularity_shift": "#2ca02c", "list_conflicts": "#17becf"}
 
 
 def svg_plot(table: list[dict], title: str, thresholds: dict, shift_day: int | None,
@@ -457,8 +458,8 @@ def svg_plot(table: list[dict], title: str, thresholds: dict, shift_day: int | N
     left, right, top, bottom = 60, 230, 40, 60
     pw, ph = width - left - right, height - top - bottom
     series = {rule: [(r["values"] or {}).get(rule) if r.get("values") else None for r in table] for rule in RULES}
-    ratios = {rule: [None if v is None else v / thresholds[THRESHOLD_OF[rule]] for v in vals]
-              for rule, vals in series.items()}
+    ratios = {rule: [None if v is None or not thresholds.get(THRESHOLD_OF[rule]) else v / thresholds[THRESHOLD_OF[rule]]
+                     for v in vals] for rule, vals in series.items()}
     ymax = max([2.0, *[min(x, 4.0) for xs in ratios.values() for x in xs if x is not None]])
     n = max(len(table) - 1, 1)
     x = lambda i: left + pw * i / n  # noqa: E731

@@ -283,6 +283,7 @@ class MonitoringConfig:
     max_ndcg_drop: float = 0.5  # relative drop of NDCG@k vs the reference (once ground truth is in)
     max_popularity_change: float = 0.3  # relative change of the average recommendation popularity (ARP)
     max_unknown_item_share: float = 0.1  # share of history items the model does not know (honest: <= 0.05)
+    max_list_conflict_share: float = 0.01  # truth items ranked top-k now but missing from the list (0 if reproducible)
     max_cold_user_share: float = 0.1  # share of users without a usable history (honest ML-100K: <= 0.03)
     min_users: int = 20  # fewer current users than this: no verdict on lists/quality (too noisy), only input checks
     # the current window of a day: the lists of this many partitions ending with it (ML-100K has ~12 active

@@ -12,6 +12,7 @@ tests), so the rule is the same in `slmrec monitor`, the Dagster check and the r
 | cold_user_share | share of users without a usable history > max_cold_user_share | current inputs |
 | ndcg_drop | (ref − cur) / ref of NDCG@k > max_ndcg_drop | >= min_users current users with ground truth |
 | popularity_shift | abs relative change of ARP > max_popularity_change | >= min_users current users |
+| list_conflicts | share of truth items the model ranks in the top-k now that its list missed > max_list_conflict_share | ground truth |
 
 A rule without what it needs is `skipped` (never a pass nor a fail by default). The verdict's status:
 `drift` when a rule fails, `ok` when none fails and at least one passed, `insufficient data` when every
@@ -119,6 +120,10 @@ def judge(report: MonitorReport, cfg: MonitoringConfig) -> Verdict:
                v.get("cold_user_share", {}).get("reference"), "share"),
         _above("ndcg_drop", _relative((ndcg or {}).get("current"), (ndcg or {}).get("reference"), signed=True),
                cfg.max_ndcg_drop, no_truth, (ndcg or {}).get("reference"), f"relative drop of NDCG@{k}"),
+        _above("list_conflicts",
+               c.get("current_list_conflicts", 0) / c["current_truth_items"] if c.get("current_truth_items") else None,
+               cfg.max_list_conflict_share, None if c.get("current_truth_items") else "no ground truth yet",
+               what="share of truth items the model no longer ranks as its list did"),
         _above("popularity_shift", _relative(arp.get("current"), arp.get("reference"), signed=False),
                cfg.max_popularity_change, few, arp.get("reference"), "relative change of ARP"),
     ]

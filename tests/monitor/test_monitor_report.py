@@ -64,10 +64,15 @@ def test_ranking_frame_holds_lists_and_missed_truth_at_its_true_rank_and_nothing
     hits = frame[(frame["rank"] <= K) & (frame["target"] == 1)]
     assert hits[["user_id", "item_id"]].values.tolist() == [["u1", "b"]]
     assert inputs_frame(CURRENT)["user_id"].tolist() == ["u1", "u2"]
-    # a truth rank inside the list that the list does not hold: the ranks belong to another model
-    wrong = Window(recs=CURRENT.recs, truth=pd.DataFrame({"user_id": ["u2"], "item_id": ["f"], "rank": [2]}))
-    with pytest.raises(ValueError, match="not those of the model"):
-        ranking_frame(wrong, K)
+    # a truth item the model ranks 2nd now that u2's list did not hold: the model no longer makes its lists.
+    # It is no metric row (its served rank is unknown); list_conflicts counts it and its rule fails
+    wrong = Window(recs=CURRENT.recs, truth=pd.DataFrame({"user_id": ["u2"], "item_id": ["f"], "rank": [2]}),
+                   inputs=CURRENT.inputs)
+    assert len(ranking_frame(wrong, K)) == 6
+    report = monitor(REFERENCE, wrong, TRAIN, CFG)
+    assert (report.counts["current_list_conflicts"], report.counts["current_truth_items"]) == (1, 1)
+    rule = next(r for r in judge(report, CFG).rules if r.name == "list_conflicts")
+    assert rule.status == "fail" and rule.value == 1.0
 
 
 def test_ndcg_and_hit_rate_curves_are_exact_at_every_cut_off_no_jump_past_k(report):
@@ -89,7 +94,8 @@ def test_quality_metrics_match_hand_computed_values(report):
     assert v["hit_rate@3"] == {"reference": pytest.approx(1.0), "current": pytest.approx(0.5)}
     assert v["recall@3"] == {"reference": pytest.approx(1.0), "current": pytest.approx(0.5)}
     assert report.counts == {"reference_users": 2, "current_users": 2, "reference_truth_users": 2,
-                             "current_truth_users": 2, "reference_input_users": 2, "current_input_users": 2}
+                             "current_truth_users": 2, "reference_input_users": 2, "current_input_users": 2,
+                             "current_list_conflicts": 0, "current_truth_items": 2}
 
 
 def test_list_metrics_match_hand_computed_values(report):
@@ -136,6 +142,7 @@ def test_verdict_names_each_failing_rule(report):
         "cold_user_share": "fail",  # 0.5 > 0.2
         "ndcg_drop": "fail",  # (0.75 - 0.315) / 0.75 = 0.58 > 0.5
         "popularity_shift": "fail",  # |2.333 - 3.167| / 2.333 = 0.357 > 0.3
+        "list_conflicts": "pass",  # b at 2 is listed, f at 5 is outside the top-3: the lists are reproduced
     }
     assert verdict.drift and verdict.status == "drift" and sorted(verdict.to_dict()["failing"]) == sorted(
         ["score_drift", "recent_popularity_drift", "unknown_item_share", "cold_user_share", "ndcg_drop",
