@@ -326,6 +326,10 @@ class Replay:
         self.setup(rows)
         self.promote_first()
         train = rows[rows["ts"] < day_bounds(cfg.cutoff)[0]]
+        from slmrec.data.sequences import load_splits
+
+        known = set(load_splits(self.root / self.params.sequences.out_dir).item_ids[1:])
+        train = train[train["item_id"].isin(known)]  # the shifts among known items draw from the model's vocabulary
         shift = SHIFTS[cfg.scenario](train, read_genres(cfg.items) if cfg.scenario == "taste" else {},
                                      cfg.shift_share, cfg.seed)
         self.cursor = None
@@ -412,24 +416,34 @@ def _values(metadata) -> dict:
 
 
 def summarize(table: list[dict], cfg: ReplayConfig) -> dict:
-    """Alarm days (a day's own verdict or its delayed re-monitoring says drift), first caught day and rule."""
-    alarms = []
+    """Alarms per judged window (a day's partition, judged on that day and again with its ground truth).
+    False alarms: windows judged drift by a verdict given before the shift began (all days when honest).
+    Caught: the first verdict given on or after the shift's first day that says drift on a window holding
+    shifted days, or that fails a rule an earlier verdict on the same window did not (a re-judged window whose
+    ground truth or inputs the shift reached)."""
+    shifted = cfg.scenario != "honest"
+    before: dict[str, bool] = {}
+    failing_before: dict[str, set] = {}
+    caught = None
+    first_shifted = shift_day(cfg.start, cfg.shift_day - 1) if shifted else None
     for r in table:
-        if r.get("verdict") == "drift":
-            alarms.append((r["n"], r["day"], r["day"], r["failing"]))
-        if (r.get("remonitored") or {}).get("verdict") == "drift":
-            alarms.append((r["n"], r["day"], r["remonitored"]["day"], r["remonitored"]["failing"]))
-    honest_days = [r for r in table if not r["shifted"]]
-    before = [a for a in alarms if a[0] < cfg.shift_day or cfg.scenario == "honest"]
-    after = [a for a in alarms if a[0] >= cfg.shift_day and cfg.scenario != "honest"]
-    first = after[0] if after else None
-    return {"days": len(table), "honest_days": len(honest_days),
-            "false_alarm_days": len({a[0] for a in before}),
-            "false_alarm_rate": round(len({a[0] for a in before}) / max(len(honest_days), 1), 3),
-            "caught_on": first[1] if first else None,
-            "days_to_detection": (first[0] - cfg.shift_day + 1) if first else None,
-            "caught_by": sorted(set(first[3])) if first else None,
-            "judged_window": first[2] if first else None,
+        pairs = [(r["day"], r)] + ([(r["remonitored"]["day"], r["remonitored"])] if r.get("remonitored") else [])
+        for part, verdict in pairs:
+            if verdict.get("verdict") is None:
+                continue
+            drift, failing = verdict["verdict"] == "drift", set(verdict.get("failing") or [])
+            if not shifted or r["n"] < cfg.shift_day:
+                before[part] = before.get(part, False) or drift
+            elif drift and caught is None and (part >= first_shifted or failing - failing_before.get(part, set())):
+                caught = (r["n"], r["day"], part, failing)
+            failing_before[part] = failing_before.get(part, set()) | failing
+    false_alarms = sum(before.values())
+    return {"days": len(table), "honest_windows": len(before), "false_alarm_windows": false_alarms,
+            "false_alarm_rate": round(false_alarms / max(len(before), 1), 3),
+            "caught_on": caught[1] if caught else None,
+            "days_to_detection": (caught[0] - cfg.shift_day + 1) if caught else None,
+            "caught_by": sorted(caught[3]) if caught else None,
+            "judged_window": caught[2] if caught else None,
             "requests": sum("requested" in r.get("sensor", {}) for r in table)}
 
 
@@ -526,6 +540,18 @@ PLANTED = {
 }
 
 
+def _stops(alerts: list[dict]) -> str:
+    """The drift sensor's stop alerts, by kind: e.g. '2 × refused retrain, 1 × streak'."""
+    kinds = {"did not replace the champion": "refused retrain", "did not end the drift": "retrain streak",
+             "no new data": "no new data"}
+    counts: dict[str, int] = {}
+    for a in alerts:
+        if a.get("alert") == "drift retraining stopped":
+            kind = next((v for k, v in kinds.items() if k in a["reason"]), "other")
+            counts[kind] = counts.get(kind, 0) + 1
+    return ", ".join(f"{n} × {k}" for k, n in counts.items()) or "—"
+
+
 def results_table(folder: str | Path) -> str:
     """The README table from a campaign folder (make replay): false alarms, then each shift's detection."""
     folder = Path(folder)
@@ -535,28 +561,30 @@ def results_table(folder: str | Path) -> str:
         f.with_suffix(".svg").write_text(svg_plot(
             r["days"], f"replay {c['scenario']} from {c['start']}: each rule's value / its threshold",
             r["monitoring"], c["shift_day"] if c["scenario"] != "honest" else None))
-    lines = ["| honest period (model cut at its start) | days judged | alarm days | false-alarm rate | retrains |",
-             "|---|---|---|---|---|"]
+    lines = ["| honest period (model cut at its start) | windows judged | windows judged drift | false-alarm rate | "
+             "drift retrains: promoted / refused | loop stopped with an alert |", "|---|---|---|---|---|---|"]
     for f in sorted((folder / "honest").glob("*/replay.json")):
         r = json.loads(f.read_text())
-        s = r["summary"]
-        lines.append(f"| {r['config']['start']} + {s['days']} days | {s['days']} | {s['false_alarm_days']} | "
-                     f"{s['false_alarm_rate']:.0%} | {len(r['retrains'])} |")
-    lines += ["", "| shift (from day 8, 1998-02-08) | caught on | days to detection | by rule(s) | alarms before the "
-              "shift | drift retrains: promoted / refused | loop stopped with an alert |", "|---|---|---|---|---|---|---|"]
+        s = summarize(r["days"], ReplayConfig(**r["config"]))
+        promoted = sum(x["promoted"] for x in r["retrains"])
+        lines.append(f"| {r['config']['start']} + {s['days']} days | {s['honest_windows']} | "
+                     f"{s['false_alarm_windows']} | {s['false_alarm_rate']:.0%} | "
+                     f"{promoted} / {len(r['retrains']) - promoted} | {_stops(r['alerts'])} |")
+    lines += ["", "| shift (from day 8, 1998-02-08) | caught on | days to detection | by rule(s) | false alarms before "
+              "the shift (windows) | drift retrains: promoted / refused | loop stopped with an alert |",
+              "|---|---|---|---|---|---|---|"]
     for scenario in SCENARIOS[1:]:
         f = folder / scenario / "replay.json"
         if not f.is_file():
             continue
         r = json.loads(f.read_text())
-        s = r["summary"]
+        s = summarize(r["days"], ReplayConfig(**r["config"]))
         promoted = sum(x["promoted"] for x in r["retrains"])
-        stopped = "; ".join(a["reason"] for a in r["alerts"] if a.get("alert") == "drift retraining stopped") or "—"
         caught = (f"{s['caught_on']}" + (f" (window of {s['judged_window']})" if s["judged_window"] != s["caught_on"]
                                          else "")) if s["caught_on"] else "not caught"
         lines.append(f"| {scenario}: {PLANTED[scenario]} | {caught} | {s['days_to_detection'] or '—'} | "
-                     f"{', '.join(s['caught_by'] or []) or '—'} | {s['false_alarm_days']} | "
-                     f"{promoted} / {len(r['retrains']) - promoted} | {stopped} |")
+                     f"{', '.join(s['caught_by'] or []) or '—'} | {s['false_alarm_windows']} of {s['honest_windows']} | "
+                     f"{promoted} / {len(r['retrains']) - promoted} | {_stops(r['alerts'])} |")
     return "\n".join(lines) + "\n"
 
 
