@@ -1,6 +1,6 @@
 """The library's layers import downward only (docs/ARCHITECTURE.md): no import circle between packages.
 
-    hashing, config -> lineage -> data -> models -> distill, eval -> train -> stages -> serve -> monitor -> CLI
+    hashing, config, days -> lineage -> data -> models -> distill, eval -> train -> stages -> serve -> monitor -> CLI
 
 `commands.py` modules are the command line (registered by slmrec/cli.py): they sit on top, whatever
 package holds them. Lazy imports inside functions count too. The library never imports dagster or dvc.
@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 SLMREC = Path(__file__).resolve().parents[1] / "slmrec"
-LEVEL = {"hashing": 0, "config": 0, "lineage": 1, "data": 2, "models": 3, "distill": 4, "eval": 4, "train": 5,
+LEVEL = {"hashing": 0, "config": 0, "days": 0, "lineage": 1, "data": 2, "models": 3, "distill": 4, "eval": 4, "train": 5,
          "stages": 6, "serve": 7, "monitor": 8, "cli": 9}
 CLI_LEVEL = LEVEL["cli"]
 

@@ -25,7 +25,7 @@ CONTRACT_CHECKS = {asset: f"{asset}_contract" for asset in DATA_ASSETS}
 GROUPS = {
     "ingestion": {"landing_interactions", "raw_interactions", "item_catalog"},
     "sequences": {"user_sequences", "dataset_splits"},
-    "models": {"sasrec", "teacher", "student_nokd", "student"},
+    "models": {"item_text", "sasrec", "teacher", "student_nokd", "student"},
     "evaluation": {"model_evaluation"},
     "deployment": {"promoted_model", "recommendations", "recommendation_monitoring"},
 }
