@@ -45,7 +45,7 @@ import json
 import logging
 import shutil
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, chdir
 from pathlib import Path
 from unittest import mock
 
@@ -256,7 +256,7 @@ class Replay:
 
         self.version += 1
         t0 = time.monotonic()
-        with _chdir(self.root):
+        with chdir(self.root):
             rebuild_store(self.params.data, self.params.data.snapshot_dir)
             stats = sequences_stage(self.params.data.snapshot_dir, self.params.sequences)
             model = Path(f"models/candidates/sasrec_v{self.version}")
@@ -381,22 +381,6 @@ class Replay:
             table, f"replay {cfg.scenario} from {cfg.start}: each rule's value / its threshold", self.params_dict[
                 "monitoring"], cfg.shift_day if cfg.scenario != "honest" else None))
         return result
-
-
-class _chdir:
-    def __init__(self, path):
-        self.path, self.old = path, None
-
-    def __enter__(self):
-        import os
-
-        self.old = os.getcwd()
-        os.chdir(self.path)
-
-    def __exit__(self, *exc):
-        import os
-
-        os.chdir(self.old)
 
 
 def _cause(error) -> str:
