@@ -171,6 +171,9 @@ class EvalConfig:
     # the full-ranking papers on the S3-Rec Amazon files do; drives validation, test and serving alike
     exclude_history: bool = True
     bootstrap: int = 1000  # paired-bootstrap resamples for 95% CIs of differences
+    # added (issue 19): why the models read the item side they read (sasrec.item_side / llm.item_side): the
+    # validation evidence, printed under the results table next to what each model reads
+    item_side_why: str = ""
 
 
 
@@ -262,6 +265,9 @@ class ServeConfig:
     log_max_queue: int = 10_000  # rows waiting for the disk; more: 503 (memory stays bounded on a broken disk)
     log_timeout_ms: float = 5000.0  # a row not durable within this: 503 instead of an answer we cannot log
     models_dir: str = "models"  # promoted.json may only name model directories under this (relative to --root)
+    # added (issue 19): text | ignore. `text`: a model whose item side reads text also serves the catalogue items
+    # it never saw (DuckDB `items`, added after training), encoded at load (slmrec/serve/new_items.py)
+    new_items: str = "text"
 
 
 @dataclass

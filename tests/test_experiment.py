@@ -26,7 +26,7 @@ sasrec: {hidden: 32, max_len: 12, dropout: 0.0}
 llm: {max_len: 10}
 train_sasrec: {epochs: 15, batch_size: 32, lr: 0.005, patience: 0}
 train_llm: {epochs: 6, batch_size: 32, lr: 0.005, patience: 0}
-eval: {bootstrap: 200}
+eval: {bootstrap: 200, item_side_why: "the planted test's choice"}
 """
 
 
@@ -57,7 +57,13 @@ def test_experiment_json_and_learning(experiment, capsys):
     student, teacher = summary["models"]["student"], summary["models"]["teacher"]
     assert student["params_total"] < teacher["params_total"]
     assert "student-student_nokd" in summary["comparisons"]
-    assert (out / "results.md").read_text().startswith("Protocol: full ranking")
+    table = (out / "results.md").read_text()
+    assert table.startswith("Protocol: full ranking")
+    # the item side each model read, from its checkpoint, and why (eval.item_side_why)
+    assert ("Item side (what each model reads and scores items by; `sasrec.item_side` / `llm.item_side`): "
+            "sasrec `id`, teacher `id`, student_nokd `id`, student `id`. Why: the planted test's choice.") in table
+    assert summary["item_side"] == {"models": dict.fromkeys(["sasrec", "teacher", "student_nokd", "student"], "id"),
+                                    "why": "the planted test's choice"}
 
     # lineage: student -> teacher -> sasrec -> splits -> interactions -> raw file, all hashes verified
     node = trace(out / "models" / "student", verify=True)

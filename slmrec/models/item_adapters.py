@@ -27,6 +27,9 @@ class NoAdapter(nn.Module):
     def forward(self, table: Tensor) -> Tensor:
         return table  # (n_items + 1, d_id)
 
+    def extend(self, m: int) -> None:
+        """Items added after training: nothing per item to grow."""
+
 
 class ResidualMLP(nn.Module):
     """e + W2 GELU(W1 e), W2 and its bias zero at start."""
@@ -41,6 +44,9 @@ class ResidualMLP(nn.Module):
     def forward(self, table: Tensor) -> Tensor:
         return table + self.down(F.gelu(self.up(table)))  # (n_items + 1, d_id)
 
+    def extend(self, m: int) -> None:
+        """Items added after training: one shared map, nothing per item to grow."""
+
 
 class ItemOffset(nn.Module):
     """e + o_item, one trainable d_id vector per item (row 0, the padding item, included; never scored)."""
@@ -51,6 +57,10 @@ class ItemOffset(nn.Module):
 
     def forward(self, table: Tensor) -> Tensor:
         return table + self.offset  # (n_items + 1, d_id)
+
+    def extend(self, m: int) -> None:
+        """Items added after training get a zero offset (they never trained one)."""
+        self.offset = nn.Parameter(torch.cat([self.offset.detach(), self.offset.new_zeros(m, self.offset.shape[1])]))
 
 
 # name -> builder(n_rows, d_id, hidden)

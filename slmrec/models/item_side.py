@@ -51,18 +51,26 @@ class TextInputs:
 WHITEN_EPS = 1e-5  # added to the covariance eigenvalues: directions with ~no variance are not blown up
 
 
-def prepare_text(table: Tensor, mask: Tensor, whiten: bool = False) -> Tensor:
+def prepare_text(table: Tensor, mask: Tensor, whiten: bool = False, new: Tensor | None = None) -> Tensor:
     """Centre on the mean of the rows with text; then unit-norm rows, or PCA-whiten (unit variance in every
-    direction, then unit-norm). Rows without text (and row 0) become zeros: the fallback replaces them."""
+    direction, then unit-norm). Rows without text (and row 0) become zeros: the fallback replaces them.
+
+    new: (m, d) raw vectors of items added after training; they are prepared with the centre (and whitening)
+    fitted on `table` and returned instead, (m, d): the items the model trained on keep their vectors."""
     table, mask = table.double(), mask.bool()
     if not bool(mask.any()):
         raise ValueError("item text table: no item has text; use item_side id")
-    x = table - table[mask].mean(0)
+    centre = table[mask].mean(0)
+    x = table - centre
+    basis = None
     if whiten:
         cov = x[mask].T @ x[mask] / max(1, int(mask.sum()) - 1)  # (d, d)
         values, vectors = torch.linalg.eigh(cov)
-        x = x @ vectors / (values.clamp_min(0) + WHITEN_EPS).sqrt()
-    x = F.normalize(x, dim=1)
+        basis = vectors / (values.clamp_min(0) + WHITEN_EPS).sqrt()
+    if new is not None:
+        y = new.double() - centre  # (m, d)
+        return F.normalize(y @ basis if basis is not None else y, dim=1).float()
+    x = F.normalize(x @ basis if basis is not None else x, dim=1)
     return (x * mask[:, None]).float()
 
 
@@ -83,6 +91,11 @@ class TextView(nn.Module):
     def forward(self) -> Tensor:
         mapped = self.map(self.text)  # (n_items + 1, d_out)
         return torch.where(self.has_text[:, None], mapped, self.fallback.expand_as(mapped))
+
+    def extend(self, rows: Tensor) -> None:
+        """Append prepared text rows (m, d_text) of items added to the catalogue after training."""
+        self.text = torch.cat([self.text, rows.to(self.text)])  # (n_items + 1 + m, d_text)
+        self.has_text = torch.cat([self.has_text, torch.ones(len(rows), dtype=torch.bool, device=rows.device)])
 
 
 class IdSide(nn.Module):
@@ -169,6 +182,28 @@ ITEM_SIDES: dict[str, tuple[Callable[[int, TextInputs | None, str], nn.Module], 
 }
 
 
+def extend_side(side: nn.Module, rows: Tensor) -> None:
+    """Items added to the catalogue after training (rows: their prepared text vectors, (m, d_text)), read
+    through their text alone like the unseen items of training: the side's tables grow by m rows. The caller
+    grows its ID table by m zero rows. An `id` side has nothing to read a new item by: ValueError."""
+    view = getattr(side, "text", None)
+    if not isinstance(view, TextView):
+        raise ValueError("item side `id` cannot score an item it never saw: only text sides (text, id+text) can "
+                         "take items added after training")
+    if rows.dim() != 2 or rows.shape[1] != view.text.shape[1]:
+        raise ValueError(f"new item text rows must be (m, {view.text.shape[1]}), got {tuple(rows.shape)}")
+    n_before = view.text.shape[0]
+    view.extend(rows)
+    flags = getattr(side, "id_unseen", None)
+    if flags is None:
+        flags = torch.zeros(n_before, dtype=torch.bool, device=view.text.device)
+    grown = torch.cat([flags, torch.ones(len(rows), dtype=torch.bool, device=flags.device)])
+    if hasattr(side, "id_unseen"):
+        side.id_unseen = grown
+    else:
+        side.register_buffer("id_unseen", grown)  # (n_items + 1 + m,)
+
+
 def unseen_items(side: nn.Module) -> int:
     """How many items the side reads through their text alone (never seen in training); 0 for most runs."""
     flags = getattr(side, "id_unseen", None)
@@ -210,4 +245,4 @@ def build_item_side(name: str, d_id: int, text: TextInputs | None = None, fusion
 
 
 __all__ = ["ITEM_SIDES", "FUSIONS", "TextInputs", "TextView", "prepare_text", "build_item_side", "side_needs_text",
-           "unseen_items", "unseen_in", "exclude_unseen"]
+           "unseen_items", "unseen_in", "exclude_unseen", "extend_side"]

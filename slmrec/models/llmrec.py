@@ -44,7 +44,7 @@ from slmrec.config import LLMRecConfig, from_dict, to_dict
 from slmrec.models.backbones import DTYPE_NAMES, Backbone, load_backbone
 from slmrec.models.base import LossOutput, Recommender, mask_padding_column
 from slmrec.models.item_adapters import build_item_adapter
-from slmrec.models.item_side import TextInputs, build_item_side, exclude_unseen, side_needs_text, unseen_items
+from slmrec.models.item_side import TextInputs, build_item_side, exclude_unseen, extend_side, side_needs_text, unseen_items
 
 # ---------------------------------------------------------------- objectives
 
@@ -303,6 +303,16 @@ class LLMRec(Recommender):
         """The item vectors the model reads and scores against: the item side over the adapted frozen table,
         (n_items + 1, d_id)."""
         return self.item_side(self.item_adapter(self.item_table))
+
+    def add_items(self, rows: Tensor) -> None:
+        """Items added to the catalogue after training, read through their text alone (rows: their prepared
+        text vectors, (m, d_text)); the frozen ID table (and a per-item adapter) grow by m zero rows, which the
+        text side never reads for them."""
+        extend_side(self.item_side, rows)  # first: an `id` side refuses before anything changes
+        zeros = self.item_table.new_zeros(len(rows), self.d_id)  # (m, d_id)
+        self.item_table = torch.cat([self.item_table, zeros])  # (n_items + 1 + m, d_id)
+        self.item_adapter.extend(len(rows))
+        self.n_items += len(rows)
 
     def scores(self, u: Tensor) -> Tensor:
         """u (N, d_id) -> (N, n_items + 1) dot products with every item; column 0 = -inf."""

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from slmrec.config import SASRecConfig
 from slmrec.models.base import LossOutput, Recommender, mask_padding_column
-from slmrec.models.item_side import TextInputs, build_item_side, exclude_unseen, side_needs_text, unseen_items
+from slmrec.models.item_side import TextInputs, build_item_side, exclude_unseen, extend_side, side_needs_text, unseen_items
 
 
 class CausalSelfAttention(nn.Module):
@@ -188,6 +188,18 @@ class SASRec(Recommender):
     def item_embeddings(self) -> Tensor:
         """The item table (n_items + 1, H), row 0 = padding; detached (for `id`, shares storage: clone to keep)."""
         return self.items().detach()
+
+    def add_items(self, rows: Tensor) -> None:
+        """Items added to the catalogue after training, read through their text alone (rows: their prepared
+        text vectors, (m, d_text)); the ID table grows by m zero rows, which the side never reads."""
+        extend_side(self.item_side, rows)  # first: an `id` side refuses before anything changes
+        old = self.item_emb.weight.detach()  # (n_items + 1, H)
+        grown = nn.Embedding(len(old) + len(rows), old.shape[1], padding_idx=0).to(old)
+        with torch.no_grad():
+            grown.weight.zero_()
+            grown.weight[: len(old)] = old
+        self.item_emb = grown
+        self.n_items += len(rows)
 
     def config_dict(self) -> dict:
         return {"n_items": self.n_items, "sasrec": dataclasses.asdict(self.cfg),

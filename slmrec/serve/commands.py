@@ -86,7 +86,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         model_dir, record = model_dir_from_args(args, params)
         rec = Recommender.load(model_dir, args.splits, args.db, root=args.root,
                                device=args.device, eval_cfg=params.eval, cold_start=params.serve.cold_start,
-                               precision=args.precision or params.serve.precision)
+                               precision=args.precision or params.serve.precision, new_items=params.serve.new_items)
         check_promoted(rec, record, record_path(args, params))
         summary = run_batch(rec, k, args.out, partition, day=args.day, users_file=args.users,
                             duckdb_file=args.duckdb)
@@ -180,7 +180,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cfg = serve_config(args, params)
         model_dir, record = model_dir_from_args(args, params)
         options = dict(root=args.root, device=args.device, eval_cfg=params.eval, cold_start=cfg.cold_start,
-                       precision=cfg.precision)
+                       precision=cfg.precision, new_items=cfg.new_items)
         rec = Recommender.load(model_dir, args.splits, args.db, **options)
         check_promoted(rec, record, record_path(args, params))
         problem = canary(rec, cfg.k)

@@ -9,6 +9,8 @@ A deployment is a content-addressed copy of everything serving needs, made once 
     models/deployed/<content hash[:16]>/
         model/            the model directory (model.pt, card.json, train.json, ...), bytes as trained
         splits/           the splits it was trained on (item map, user map): its item ids' meaning
+        item_text/        a model whose item side reads text: the item text table it was trained with
+                          (new catalogue items are encoded like its items: slmrec/serve/new_items.py)
         deployment.json   content hashes of both, where they were copied from, when
 
 Files are read-only (0444, folders 0555); the copy is written under a temp name and renamed, so a
@@ -63,13 +65,20 @@ def operator() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def _splits_of(model_dir: Path, root: Path) -> tuple[Path, str]:
-    card = read_card(model_dir)
+COPIED = ("splits", "item_text")  # parents a deployment carries: the item map; the text table of a text model
+
+
+def _copied_parents(model_dir: Path, root: Path) -> dict[str, tuple[Path, str]]:
+    """part -> (directory, content hash) of the parents serving needs: the splits (always) and the item text
+    table (a model whose item side reads text: new catalogue items are encoded like its items)."""
+    card, found = read_card(model_dir), {}
     for parent in card.get("parents", []):
-        if parent.get("kind") == "artifact" and parent.get("artifact") == "splits":
+        if parent.get("kind") == "artifact" and parent.get("artifact") in COPIED:
             path = Path(parent["path"])
-            return (path if path.is_absolute() else root / path), parent["content_hash"]
-    raise ValueError(f"{model_dir}/card.json names no splits parent: cannot deploy without the item map")
+            found[parent["artifact"]] = (path if path.is_absolute() else root / path), parent["content_hash"]
+    if "splits" not in found:
+        raise ValueError(f"{model_dir}/card.json names no splits parent: cannot deploy without the item map")
+    return found
 
 
 def _read_only(folder: Path) -> None:
@@ -86,7 +95,7 @@ def _fsync_tree(folder: Path) -> None:
 def verify(dep: Deployment) -> None:
     """The deployment's bytes are still those recorded (ValueError naming what changed)."""
     manifest = json.loads((dep.dir / DEPLOYMENT_FILE).read_text())
-    found = {"model": content_hash(dep.model_dir), "splits": content_hash(dep.splits_dir)}
+    found = {part: content_hash(dep.dir / part) for part in ("model", *COPIED) if f"{part}_hash" in manifest}
     for part, actual in found.items():
         if manifest[f"{part}_hash"] != actual:
             raise ValueError(f"deployment {dep.dir}: {part}/ hashes to {actual[:12]}…, deployed as "
@@ -102,10 +111,11 @@ def deploy(model_dir: str | Path, models_root: str | Path = "models", root: str 
     if card["content_hash"] != model_hash:
         raise ValueError(f"{model_dir}: card.json records {card['content_hash'][:12]}…, the files hash to "
                          f"{model_hash[:12]}… (modified after training): not deployed")
-    splits_dir, splits_hash = _splits_of(model_dir, root)
-    if content_hash(splits_dir) != splits_hash:
-        raise ValueError(f"{splits_dir} is not the splits {model_dir} was trained on (content hash differs): "
-                         "not deployed")
+    parents = _copied_parents(model_dir, root)
+    for part, (folder, recorded) in parents.items():
+        if content_hash(folder) != recorded:
+            raise ValueError(f"{folder} is not the {part} {model_dir} was trained on (content hash differs): "
+                             "not deployed")
     dep = Deployment(models_root / DEPLOYED / model_hash[:16], model_hash)
     if dep.dir.exists():
         verify(dep)  # deployed before: the same bytes, or a loud error
@@ -116,12 +126,15 @@ def deploy(model_dir: str | Path, models_root: str | Path = "models", root: str 
     tmp.mkdir(parents=True)
     try:
         shutil.copytree(model_dir, tmp / "model")
-        shutil.copytree(splits_dir, tmp / "splits")
-        manifest = {"model_hash": model_hash, "splits_hash": splits_hash, "artifact": card.get("artifact"),
-                    "source": {"model": str(model_dir), "splits": str(splits_dir)},
+        for part, (folder, _) in parents.items():
+            shutil.copytree(folder, tmp / part)
+        manifest = {"model_hash": model_hash, **{f"{part}_hash": h for part, (_, h) in parents.items()},
+                    "artifact": card.get("artifact"),
+                    "source": {"model": str(model_dir), **{part: str(folder) for part, (folder, _) in parents.items()}},
                     "deployed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         (tmp / DEPLOYMENT_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        if content_hash(tmp / "model") != model_hash or content_hash(tmp / "splits") != splits_hash:
+        copied = {"model": model_hash, **{part: h for part, (_, h) in parents.items()}}
+        if any(content_hash(tmp / part) != h for part, h in copied.items()):
             raise ValueError(f"{model_dir} changed while it was being deployed: not deployed")
         _read_only(tmp)
         _fsync_tree(tmp)

@@ -18,6 +18,12 @@ The model is loaded as its checkpoint describes it (class, config, dtype and dev
 (`LLMRec.merge_for_inference`). `device=` overrides the stored device (e.g. serve on CPU what was
 trained on a GPU).
 
+New catalogue items (`serve.new_items`, issue 19): under `text` (the default), a model whose item side reads
+text also scores the items of the DuckDB `items` table that it never saw (added after training), through
+their text encoded at load like its own items (slmrec/serve/new_items.py); no retraining. They are picked
+up when the model is loaded (a server reload, each batch job). An ID-only model serves its training
+catalogue (`describe()["new_items"]` says so). `ignore` serves the training catalogue with every model.
+
 Cold start (`serve.cold_start`): a user the store does not know, or a history with no item the
 model knows, is an error (UnknownUser / EmptyHistory) under `error`, and gets the most popular
 items of the splits (every interaction the model was trained and evaluated on), flagged
@@ -46,6 +52,7 @@ from slmrec.models.base import Recommender as Model
 from slmrec.models.inference import prepare_for_inference
 from slmrec.models.llmrec import LLMRec
 from slmrec.serve.history import HistoryStore
+from slmrec.serve.new_items import NEW_ITEMS, NewItems, add_catalogue_items, text_side_of
 from slmrec.serve.sources import ModelSources, resolve_sources
 from slmrec.models.checkpoint import build_model, load_checkpoint
 
@@ -181,6 +188,7 @@ class Recommender:
         history: HistoryStore,
         eval_cfg: EvalConfig,
         cold_start: str = "error",
+        new_items: NewItems | None = None,
     ):
         if cold_start not in COLD_START:
             raise ValueError(f"serve.cold_start must be one of {COLD_START}, got {cold_start!r}")
@@ -193,6 +201,7 @@ class Recommender:
         self.item_index = {item: i for i, item in enumerate(item_ids) if i > 0}
         self.popularity = popularity  # (item index, share of interactions), most popular first
         self.history = history
+        self.new_items = new_items or NewItems()  # catalogue items added at load (their text read), skipped ones
         self.device = _model_device(model)
         self.max_len = model.cfg.max_len
         self.loaded_at = time.time()
@@ -209,7 +218,12 @@ class Recommender:
         eval_cfg: EvalConfig | None = None,
         cold_start: str = "error",
         precision: str = "fp32",
+        new_items: str = "text",
+        backbone=None,
     ) -> "Recommender":
+        """new_items: `text` | `ignore` (module doc); backbone (tests): the text encoder for new items."""
+        if new_items not in NEW_ITEMS:
+            raise ValueError(f"serve.new_items must be one of {NEW_ITEMS}, got {new_items!r}")
         # the checkpoint is read once: the content hash is computed on the bytes that are deserialised
         read_card(model_dir)  # a clear error for a folder that is not a model artifact, before reading its files
         data = (Path(model_dir) / MODEL_FILE).read_bytes()
@@ -220,8 +234,15 @@ class Recommender:
         counts = Counter(i for history, target in split_data.test for i in (*history, target))
         total = sum(counts.values())
         popularity = [(i, n / total) for i, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
-        return cls(model, sources, split_data.item_ids, popularity, HistoryStore(sources.db, seq_cfg),
-                   eval_cfg or EvalConfig(), cold_start)
+        item_ids, added = list(split_data.item_ids), NewItems()
+        if new_items == "text" and text_side_of(model) is not None:
+            if sources.item_text_dir is None:
+                raise ValueError(f"{model_dir}/card.json names no item_text parent, but the model reads text: "
+                                 "cannot encode new catalogue items (serve.new_items: ignore)")
+            added = add_catalogue_items(model, item_ids, sources.db, sources.item_text_dir, backbone=backbone)
+            item_ids += added.added
+        return cls(model, sources, item_ids, popularity, HistoryStore(sources.db, seq_cfg),
+                   eval_cfg or EvalConfig(), cold_start, added)
 
     @property
     def model_hash(self) -> str:
@@ -357,6 +378,8 @@ class Recommender:
             "dtype": str(self._dtype()).removeprefix("torch."),
             "history_users": self.history.n_users,
             "cold_start": self.cold_start,
+            "new_items": {"added": len(self.new_items.added), "skipped": len(self.new_items.skipped),
+                          "reads_text": text_side_of(self.model) is not None},
             "exclude_history": self.eval_cfg.exclude_history,
             "loaded_at": self.loaded_at,
         }

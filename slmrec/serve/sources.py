@@ -34,6 +34,7 @@ class ModelSources:
     model_hash: str  # content hash of the model directory (checked against the card)
     splits_dir: Path
     db: Path
+    item_text_dir: Path | None = None  # the item text table of a model that reads text (new catalogue items)
 
 
 def _resolve(path: str | Path, root: Path) -> Path:
@@ -105,7 +106,13 @@ def resolve_sources(
     db_path = Path(db) if db is not None else _db_from_snapshot(splits_dir, root)
     if not db_path.is_file():
         raise FileNotFoundError(f"DuckDB store {db_path} not found (pass --db)")
-    return ModelSources(model_dir=model_dir, card=card, model_hash=actual, splits_dir=splits_dir, db=db_path)
+    item_text = _parent(card, ("item_text",))
+    item_text_dir = None
+    if item_text is not None:
+        deployed = model_dir.parent / "item_text"  # a deployment carries its own copy
+        item_text_dir = deployed if (model_dir.parent / DEPLOYMENT_FILE).is_file() else _resolve(item_text["path"], root)
+    return ModelSources(model_dir=model_dir, card=card, model_hash=actual, splits_dir=splits_dir, db=db_path,
+                        item_text_dir=item_text_dir)
 
 
 def read_promoted(record: str | Path, root: str | Path = ".", models_dir: str | Path | None = None) -> tuple[Path, dict]:

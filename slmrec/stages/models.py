@@ -229,8 +229,10 @@ def evaluate_models(
     results: dict[str, EvalResult] = {}
     valid_results: dict[str, EvalResult] = {}
     summary: dict = {"models": {}}
+    sides: dict[str, str] = {}
     for name, model_dir in models.items():
         model = load_model(Path(model_dir) / MODEL_FILE, device=device)
+        sides[name] = item_side_name(model)
         if isinstance(model, LLMRec):
             model.merge_for_inference()  # LoRA merged + constant instruction prefix cached
         test = make_eval_examples(splits.test, model.cfg.max_len)
@@ -257,6 +259,7 @@ def evaluate_models(
     comparisons = [(a, b) for a, b in COMPARISONS if a in results and b in results]
     table = results_table(results, comparisons=comparisons, n_boot=params.eval.bootstrap, seed=params.eval.seed,
                           dataset_hash=splits.dataset_hash)
+    table += "\n" + item_side_line(sides, params.eval.item_side_why) + "\n"
     first = next(iter(results.values()))
     summary.update(
         protocol={**first.protocol, "split": "test (last item per user); validation = second-to-last",
@@ -264,6 +267,7 @@ def evaluate_models(
         dataset_hash=splits.dataset_hash,
         seed=params.eval.seed,
         n_users=first.n_users,
+        item_side={"models": sides, "why": params.eval.item_side_why},
         comparisons=_comparisons(results, comparisons, params),
         validation={
             "models": {n: {k: round(v, 6) for k, v in r.metrics.items()} for n, r in valid_results.items()},
@@ -278,6 +282,20 @@ def evaluate_models(
         write_curves(models, Path(curves_dir), params.train_llm.metric)
     summary["table"] = table
     return summary
+
+
+def item_side_name(model: Recommender) -> str:
+    """What a model reads and scores items by, as its checkpoint says: `id`, `text`, `id+text (sum)`."""
+    side = model.cfg.item_side
+    fusion = getattr(model.cfg, "item_fusion", "sum")
+    return f"{side} ({fusion})" if side == "id+text" else side
+
+
+def item_side_line(sides: dict[str, str], why: str) -> str:
+    """The results table's line on the item side: what each model read (from its checkpoint) and why."""
+    read = ", ".join(f"{name} `{side}`" for name, side in sides.items())
+    return (f"Item side (what each model reads and scores items by; `sasrec.item_side` / `llm.item_side`): {read}. "
+            f"Why: {why or 'not recorded (params.yaml eval.item_side_why)'}.")
 
 
 def write_curves(models: dict[str, str], out: Path, metric: str) -> None:

@@ -47,7 +47,7 @@ def recommendations(
     day = context.partition_key
     model_dir, record = read_promoted(pipeline.path(params.promotion.record), pipeline.root, params.serve.models_dir)
     rec = Recommender.load(model_dir, root=pipeline.root, eval_cfg=params.eval, cold_start=params.serve.cold_start,
-                           precision=params.serve.precision)
+                           precision=params.serve.precision, new_items=params.serve.new_items)
     if rec.model_hash != record["content_hash"]:
         raise dg.Failure(f"{model_dir} hashes to {rec.model_hash[:12]}…, promoted.json records "
                          f"{record['content_hash'][:12]}…: refusing to score with an unpromoted model")
