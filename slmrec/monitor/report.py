@@ -92,6 +92,34 @@ def ranking_frame(window: Window, k: int) -> pd.DataFrame:
     return frame.astype({"rank": int, "target": float, "score": float})
 
 
+ARP_BOOTSTRAP = 1000  # resamples of the users for the 95% interval of the ARP change (popularity_shift)
+ARP_SEED = 2025
+
+
+def user_arp(frame: pd.DataFrame, popularity: pd.Series, k: int) -> np.ndarray:
+    """Per user, the mean training popularity of the top-k items with a known popularity (users,): the terms
+    whose mean is Evidently's ARP (PopularityBias.get_apr, without normalisation)."""
+    top = frame[frame["rank"] <= k]
+    top = top.assign(popularity=top["item_id"].map(popularity)).dropna(subset=["popularity"])
+    return top.groupby("user_id")["popularity"].mean().to_numpy(np.float64)
+
+
+def arp_change_interval(reference: pd.DataFrame, current: pd.DataFrame, train: pd.DataFrame, k: int,
+                        n_boot: int = ARP_BOOTSTRAP, seed: int = ARP_SEED) -> tuple[float, float, float] | None:
+    """(change, lo, hi): the relative change of ARP, (ref - cur) / ref, and its 95% percentile-bootstrap
+    interval, users of both windows resampled (seeded). None when a window has no user with a known item.
+    A window of 20-70 users moves ARP by several per cent on honest days: the rule judges the interval."""
+    popularity = train["item_id"].astype(str).value_counts()  # item -> training interactions
+    ref, cur = user_arp(reference, popularity, k), user_arp(current, popularity, k)
+    if not len(ref) or not len(cur) or ref.mean() == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    ref_b = ref[rng.integers(0, len(ref), (n_boot, len(ref)))].mean(1)  # (n_boot,)
+    cur_b = cur[rng.integers(0, len(cur), (n_boot, len(cur)))].mean(1)  # (n_boot,)
+    lo, hi = np.quantile((ref_b - cur_b) / ref_b, [0.025, 0.975])
+    return float((ref.mean() - cur.mean()) / ref.mean()), float(lo), float(hi)
+
+
 def list_conflicts(window: Window, k: int) -> tuple[int, int]:
     """(truth items of listed users the model now ranks inside the top-k although their list missed them,
     truth items of listed users): 0 for a model that reproduces its own lists."""
@@ -237,6 +265,9 @@ def monitor(reference: Window, current: Window, train: pd.DataFrame, cfg: Monito
             if name in metrics:
                 values[name] = {"reference": None, "current": _clean(_value(results[metrics[name].metric_id], k))}
                 names[name] = results[metrics[name].metric_id].display_name
+    interval = arp_change_interval(ref_frame, cur_frame, train, k)
+    if interval is not None and "popularity_arp" in values:
+        values["popularity_arp"].update(change=interval[0], change_lo=interval[1], change_hi=interval[2])
     counts = {
         "reference_users": reference.users, "current_users": current.users,
         "reference_truth_users": reference.truth_users, "current_truth_users": current.truth_users,

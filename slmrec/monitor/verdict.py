@@ -11,7 +11,7 @@ tests), so the rule is the same in `slmrec monitor`, the Dagster check and the r
 | unknown_item_share | mean share of unknown history items > max_unknown_item_share | current inputs |
 | cold_user_share | share of users without a usable history > max_cold_user_share | current inputs |
 | ndcg_drop | (ref − cur) / ref of NDCG@k > max_ndcg_drop | >= min_users current users with ground truth |
-| popularity_shift | abs relative change of ARP > max_popularity_change | >= min_users current users |
+| popularity_shift | abs relative change of ARP > max_popularity_change, its 95% interval (users resampled) too | >= min_users current users |
 | list_conflicts | share of truth items the model ranks in the top-k now that its list missed > max_list_conflict_share | ground truth |
 
 A rule without what it needs is `skipped` (never a pass nor a fail by default). The verdict's status:
@@ -88,6 +88,23 @@ def _relative(cur: float | None, ref: float | None, signed: bool) -> float | Non
     return change if signed else abs(change)
 
 
+def _popularity_shift(arp: dict, threshold: float, needs: str | None) -> Rule:
+    """|relative change of ARP| > threshold, and so is its whole 95% interval over users (report.py
+    arp_change_interval): ARP of a few dozen users' lists moves by chance; only a change the interval
+    places beyond the threshold is a shift."""
+    rule = _above("popularity_shift", _relative(arp.get("current"), arp.get("reference"), signed=False), threshold,
+                  needs, arp.get("reference"), "relative change of ARP")
+    lo, hi = arp.get("change_lo"), arp.get("change_hi")
+    if rule.status != "fail" or lo is None or hi is None:
+        return rule
+    beyond = lo > threshold or hi < -threshold
+    interval = f"95% interval over users [{lo:+.4g}, {hi:+.4g}]"
+    if beyond:
+        return Rule(rule.name, "fail", rule.value, threshold, rule.reference, f"{rule.reason}; {interval} beyond ±{threshold:g}")
+    return Rule(rule.name, "pass", rule.value, threshold, rule.reference,
+                f"{rule.reason}, but its {interval} reaches within ±{threshold:g}: within chance")
+
+
 def judge(report: MonitorReport, cfg: MonitoringConfig) -> Verdict:
     k, c = report.k, report.counts
     few = (f"{c['current_users']} current users < min_users {cfg.min_users}"
@@ -124,7 +141,6 @@ def judge(report: MonitorReport, cfg: MonitoringConfig) -> Verdict:
                c.get("current_list_conflicts", 0) / c["current_truth_items"] if c.get("current_truth_items") else None,
                cfg.max_list_conflict_share, None if c.get("current_truth_items") else "no ground truth yet",
                what="share of truth items the model no longer ranks as its list did"),
-        _above("popularity_shift", _relative(arp.get("current"), arp.get("reference"), signed=False),
-               cfg.max_popularity_change, few, arp.get("reference"), "relative change of ARP"),
+        _popularity_shift(arp, cfg.max_popularity_change, few),
     ]
     return Verdict(rules)

@@ -103,6 +103,9 @@ def test_list_metrics_match_hand_computed_values(report):
     # ARP: mean over users of the mean training popularity (users per item) of the listed known items
     assert v["popularity_arp"]["current"] == pytest.approx(((4 + 2 + 1) / 3 + 4) / 2)  # e, g unknown: left out
     assert v["popularity_arp"]["reference"] == pytest.approx((4 + 2 + 1) / 3)
+    # the change the popularity_shift interval is about, from our per-user terms: the same as Evidently's ARPs
+    ref, cur = v["popularity_arp"]["reference"], v["popularity_arp"]["current"]
+    assert v["popularity_arp"]["change"] == pytest.approx((ref - cur) / ref)
     # coverage: listed items that are training items / training items
     assert v["coverage"] == {"reference": pytest.approx(3 / 4), "current": pytest.approx(3 / 4)}
     # Gini over recommendation counts a:2, b, c, e, g: 1 each
@@ -141,12 +144,17 @@ def test_verdict_names_each_failing_rule(report):
         "unknown_item_share": "fail",  # 0.625 > 0.2
         "cold_user_share": "fail",  # 0.5 > 0.2
         "ndcg_drop": "fail",  # (0.75 - 0.315) / 0.75 = 0.58 > 0.5
-        "popularity_shift": "fail",  # |2.333 - 3.167| / 2.333 = 0.357 > 0.3
+        # |2.333 - 3.167| / 2.333 = 0.357 > 0.3, but of 2 users: resampled, the current ARP is 2.333, 3.167 or 4
+        # (1/4, 1/2, 1/4), the change 0, -0.357 or -0.714: its 95% interval [-0.714, 0] reaches within ±0.3
+        "popularity_shift": "pass",
         "list_conflicts": "pass",  # b at 2 is listed, f at 5 is outside the top-3: the lists are reproduced
     }
     assert verdict.drift and verdict.status == "drift" and sorted(verdict.to_dict()["failing"]) == sorted(
-        ["score_drift", "recent_popularity_drift", "unknown_item_share", "cold_user_share", "ndcg_drop",
-         "popularity_shift"])
+        ["score_drift", "recent_popularity_drift", "unknown_item_share", "cold_user_share", "ndcg_drop"])
+    shift = next(r for r in verdict.rules if r.name == "popularity_shift")
+    assert shift.value == pytest.approx((3.167 - 2.333) / 2.333, abs=1e-3) and "within chance" in shift.reason
+    arp = report.values["popularity_arp"]
+    assert (arp["change_lo"], arp["change_hi"]) == (pytest.approx(-(4 - 7 / 3) / (7 / 3)), pytest.approx(0.0))
     ndcg = next(r for r in verdict.rules if r.name == "ndcg_drop")
     assert ndcg.value == pytest.approx((0.75 - (1 / math.log2(3)) / 2) / 0.75)
 
@@ -244,3 +252,26 @@ def test_the_html_says_drift_exactly_where_the_verdict_fails_the_rule(tmp_path, 
     said = re.findall(r"drift (not )?detected\. Drift detection method: Wasserstein distance \(normed\)", html)
     assert said == [("not " if rule.status == "pass" else "")]
     assert rule.status == ("fail" if threshold == 0.5 else "pass")
+
+
+def many(lists: list[list[str]]) -> Window:
+    """One user per list (u000, u001, ...), scores falling with the rank."""
+    rows = [(f"u{n:03d}", r + 1, item, 1.0 - r / 10) for n, items in enumerate(lists) for r, item in enumerate(items)]
+    return Window(recs=pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "score"]))
+
+
+@pytest.mark.parametrize("users, status", [(40, "pass"), (400, "fail")])
+def test_popularity_shift_fails_only_when_the_interval_over_users_is_beyond_the_threshold(users, status):
+    """Reference: every list b c d (ARP 4/3). Current: half the users a b c (7/3), half b c d: ARP 11/6, a change
+    of -0.375 past the threshold 0.3 either way. Of 40 users that is within chance (the per-user terms are 7/3
+    or 4/3: the mean's standard error 0.5 / sqrt(40) = 0.079, the change's 0.059: its interval reaches -0.3);
+    of 400 users the same change is a shift (standard error of the change 0.019)."""
+    reference = many([["b", "c", "d"]] * 100)
+    current = many([["a", "b", "c"], ["b", "c", "d"]] * (users // 2))
+    report = monitor(reference, current, TRAIN, CFG)
+    rule = next(r for r in judge(report, CFG).rules if r.name == "popularity_shift")
+    assert rule.value == pytest.approx(0.375)
+    assert rule.status == status, rule.reason
+    arp = report.values["popularity_arp"]
+    assert arp["change_lo"] < -0.375 < arp["change_hi"]
+    assert (arp["change_hi"] > -0.3) == (status == "pass")
