@@ -23,7 +23,9 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SAMPLE = {"ml-100k.inter": FIXTURES / "ml100k_u20.inter", "ml-100k.item": FIXTURES / "ml100k_u20.item"}
 DATA_ASSETS = ["raw_interactions", "item_catalog", "user_sequences", "dataset_splits"]
 # small enough for CI: SASRec trains a few epochs on 20 users in seconds
-TEST_PARAMS = {"train_sasrec": {"epochs": 2, "batch_size": 64, "lr": 0.001, "patience": 2}}
+# the item text stage runs before SASRec (a dependency): the tiny backbone encodes the sample's texts in a second
+TEST_PARAMS = {"train_sasrec": {"epochs": 2, "batch_size": 64, "lr": 0.001, "patience": 2},
+               "item_text": {"profile": "tiny", "layers": 2}}
 
 
 def git(root: Path, *args: str) -> str:

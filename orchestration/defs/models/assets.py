@@ -45,21 +45,22 @@ def _model_asset(name: str, deps: list[str], description: str) -> dg.AssetsDefin
     return _asset
 
 
+# item_text: read when an item side asks for text (sasrec.item_side / llm.item_side); a dependency as in dvc.yaml
 sasrec = _model_asset(
-    "sasrec", ["dataset_splits"],
+    "sasrec", ["dataset_splits", "item_text"],
     "SASRec baseline (causal self-attention over item ids); its item-embedding table is the frozen "
     "item input of the LLM models.",
 )
 teacher = _model_asset(
-    "teacher", ["sasrec", "dataset_splits"],
+    "teacher", ["sasrec", "dataset_splits", "item_text"],
     "LLM teacher: first N_t decoder layers of the backbone + LoRA, item vectors in, scores over all items out.",
 )
 student_nokd = _model_asset(
-    "student_nokd", ["sasrec", "dataset_splits"],
+    "student_nokd", ["sasrec", "dataset_splits", "item_text"],
     "Ablation: the N_s-layer student trained on cross-entropy only (no distillation).",
 )
 student = _model_asset(
-    "student", ["teacher", "sasrec", "dataset_splits"],
+    "student", ["teacher", "sasrec", "dataset_splits", "item_text"],
     "SLMRec student: N_s layers distilled block-wise from the frozen teacher "
     "(direction + norm + multiple supervision).",
 )
