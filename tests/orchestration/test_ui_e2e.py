@@ -78,7 +78,8 @@ def test_asset_graph_shows_every_asset_in_its_group_with_a_description(ui):
     for key, node in graph.items():
         assert node["description"] and len(node["description"]) > 20, f"{key} has no description in the UI"
     assert graph["dataset_splits"]["deps"] == ["user_sequences"]
-    assert set(graph["student"]["deps"]) == {"teacher", "sasrec", "dataset_splits"}
+    assert set(graph["student"]["deps"]) == {"teacher", "sasrec", "dataset_splits", "item_text"}
+    assert set(graph["sasrec"]["deps"]) == {"dataset_splits", "item_text"}  # read when an item side asks for text
 
 
 def test_materialization_metadata_matches_the_fixture_and_the_files_on_disk(ui, data_run):
