@@ -95,7 +95,13 @@ def table(args: argparse.Namespace) -> None:
     params, splits = load_params(args.params), load_splits(args.splits)
     parts = load_parts(args.parts, "table")
     results = {p["name"]: p["result"] for p in parts}
-    pairs = [(a, b) for a, b in COMPARISONS if a in results and b in results]
+    if args.compare:  # A-B: a − b with its paired CI, for models named other than the pipeline's
+        pairs = [tuple(c.split("-", 1)) for c in args.compare]
+        unknown = sorted({n for pair in pairs for n in pair} - set(results))
+        if unknown or any(len(pair) != 2 for pair in pairs):
+            raise SystemExit(f"eval_parts table: --compare names unknown models {unknown} (have {sorted(results)})")
+    else:
+        pairs = [(a, b) for a, b in COMPARISONS if a in results and b in results]
     md = results_table(results, comparisons=pairs, n_boot=params.eval.bootstrap, seed=params.eval.seed,
                        dataset_hash=splits.dataset_hash)
     first = parts[0]["result"]
@@ -163,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--parts", nargs="+", required=True)
     t.add_argument("--out", required=True)
     t.add_argument("--table", required=True)
+    t.add_argument("--compare", nargs="+", help="A-B pairs (a − b, paired CI); default: the pipeline's comparisons")
     d = sub.add_parser("seeds")
     d.add_argument("--params", required=True)
     d.add_argument("--metric", default="ndcg@10")
