@@ -41,3 +41,41 @@ def test_length_ordered_evaluation_gives_the_ranks_of_split_order():
 
     assert np.array_equal(plain.ranks, by_length.ranks)
     assert by_length.metrics == pytest.approx(plain.metrics, abs=1e-12)  # means over a permuted order: rounding
+
+
+def test_table_compares_the_pairs_asked_for_with_paired_intervals(tmp_path):
+    """`table --compare a-b`: a − b per user, paired; a model that always ranks the target 1st against one that
+    ranks it 11th differs by exactly 1 in NDCG@10 and HR@10 for every user (so the whole interval is 1)."""
+    import json
+    import pickle
+
+    from snapshots import write_snapshot
+    from slmrec.config import SequenceConfig
+    from slmrec.data.sequences import build_splits, load_splits
+    from slmrec.eval.evaluator import EvalResult
+    from slmrec.eval.metrics import compute_metrics
+
+    rows = [(f"u{u}", f"i{(u + k) % 9}", k) for u in range(12) for k in range(6)]
+    build_splits(write_snapshot(tmp_path / "snap", rows), SequenceConfig(k_core=0, out_dir=str(tmp_path / "splits")))
+    splits = load_splits(tmp_path / "splits")
+    n = len(splits.test)
+    parts = []
+    for name, rank in (("first", 1), ("eleventh", 11), ("third", 3)):
+        res = EvalResult(metrics={}, ranks=np.full(n, rank), sampled_metrics=None, sampled_ranks=None, n_users=n,
+                         users_per_s=1.0, latency_ms=1.0, batch_size=8, protocol={})
+        res.metrics = compute_metrics(res.ranks)
+        path = tmp_path / f"{name}.pt"
+        path.write_bytes(pickle.dumps({"name": name, "model_dir": "-", "split": "test",
+                                       "dataset_hash": splits.dataset_hash, "result": res}))
+        parts.append(str(path))
+    (tmp_path / "params.yaml").write_text("eval: {bootstrap: 50}\n")
+    common = ["table", "--params", str(tmp_path / "params.yaml"), "--splits", str(tmp_path / "splits"), "--parts",
+              *parts, "--out", str(tmp_path / "m.json"), "--table", str(tmp_path / "t.md")]
+    eval_parts().main([*common, "--compare", "first-eleventh"])
+    comparisons = json.loads((tmp_path / "m.json").read_text())["comparisons"]
+    assert list(comparisons) == ["first-eleventh"]
+    assert comparisons["first-eleventh"]["ndcg@10"] == {"diff": 1.0, "lo": 1.0, "hi": 1.0}
+    assert comparisons["first-eleventh"]["hr@10"] == {"diff": 1.0, "lo": 1.0, "hi": 1.0}
+    assert "| first − eleventh | +1.0000 [+1.0000, +1.0000] *" in (tmp_path / "t.md").read_text()
+    with pytest.raises(SystemExit, match="unknown models"):
+        eval_parts().main([*common, "--compare", "first-fourth"])
