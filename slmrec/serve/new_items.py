@@ -115,13 +115,4 @@ def add_catalogue_items(
     return out
 
 
-def item_text_parent(card: dict, root: Path) -> Path | None:
-    """The item text table a model card names as a parent (None for a model that reads no text)."""
-    for parent in card.get("parents", []):
-        if parent.get("kind") == "artifact" and parent.get("artifact") == "item_text":
-            path = Path(parent["path"])
-            return path if path.is_absolute() else root / path
-    return None
-
-
-__all__ = ["NEW_ITEMS", "NewItems", "add_catalogue_items", "text_side_of", "read_catalogue", "item_text_parent"]
+__all__ = ["NEW_ITEMS", "NewItems", "add_catalogue_items", "text_side_of", "read_catalogue"]
