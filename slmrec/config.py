@@ -110,7 +110,9 @@ class ItemTextConfig:
     # (= genres), brand, year, attributes (the other catalogue fields as "key: value")
     template: str = "{title} | {categories} | {brand}"
     layers: int = 8  # decoder layers run (DESIGN.md §5 probe: 8 of 30 beat all 30 with mean pooling, in 1/4 the time)
-    profile: str | None = None  # backbone profile of the encoder (None = llm.profile; `smol` for a tiny-profile run)
+    # the encoder: an LLM backbone profile (None = llm.profile; `smol` for a tiny-profile run) or `minilm`, the
+    # sentence-embedding control (all-MiniLM-L6-v2 from a PyPI wheel, 6 layers, 384 wide)
+    profile: str | None = None
     pooling: str = "mean"  # mean (over the text's tokens) | last (the last token's state); of the final normed state
     max_tokens: int = 64  # longer texts are cut (a Beauty "title | categories" is ~25 SmolLM2 tokens)
     batch_size: int = 32

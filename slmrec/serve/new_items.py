@@ -28,7 +28,6 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 
-from slmrec.config import LLMRecConfig
 from slmrec.data.item_text import catalogue_fields, render
 from slmrec.models.item_side import TextView, prepare_text
 from slmrec.serve.history import connect_read_only
@@ -74,8 +73,7 @@ def add_catalogue_items(
     """Append to `model` the catalogue items of `db` that `item_ids` (index -> original id, [0] = padding)
     does not hold; returns which were added (new indices len(item_ids), len(item_ids) + 1, ...) and skipped.
     `backbone` (tests) replaces loading the profile named by the table's meta.json."""
-    from slmrec.models.backbones import load_backbone
-    from slmrec.models.text_encoder import encode_texts
+    from slmrec.models.text_encoder import encode_texts, load_text_encoder
 
     view = text_side_of(model)
     if view is None:
@@ -101,8 +99,7 @@ def add_catalogue_items(
     if not todo:
         return out
     if backbone is None:
-        profile = parts["backbone"].get("profile")
-        backbone = load_backbone(LLMRecConfig(profile=profile, device="cpu", dtype="float32"), parts["layers"])
+        backbone = load_text_encoder(parts["backbone"].get("profile"), parts["layers"])
     if backbone.source != parts["backbone"] or backbone.n_layers != parts["layers"]:
         raise ValueError(f"{folder}: the table was encoded by {parts['backbone']} ({parts['layers']} layers), the "
                          f"backbone at hand is {backbone.source} ({backbone.n_layers} layers): new items would not "

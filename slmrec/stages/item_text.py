@@ -34,13 +34,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from slmrec.config import ItemTextConfig, LLMRecConfig, Params, to_dict
+from slmrec.config import ItemTextConfig, Params, to_dict
 from slmrec.data.item_text import item_texts, template_fields
 from slmrec.hashing import code_version
 from slmrec.lineage import atomic_write_text, write_card
 
 TABLE, MASK, TEXTS, META = "table.npy", "mask.npy", "texts.parquet", "meta.json"
-ITEM_TEXT_CODE = ("data/item_text.py", "models/text_encoder.py", "stages/item_text.py")
+ITEM_TEXT_CODE = ("data/item_text.py", "models/text_encoder.py", "models/sentence_encoder.py", "stages/item_text.py")
 
 
 @dataclasses.dataclass
@@ -103,8 +103,7 @@ def build_item_text(
 ) -> dict:
     """Encode every item's text once; returns meta (key, counts, timings). `backbone` (tests) overrides
     loading `params.llm.profile` with `item_text.layers` layers."""
-    from slmrec.models.backbones import load_backbone
-    from slmrec.models.text_encoder import check_pooling, encode_texts
+    from slmrec.models.text_encoder import check_pooling, encode_texts, load_text_encoder
 
     cfg = params.item_text
     template_fields(cfg.template)
@@ -117,8 +116,7 @@ def build_item_text(
     item_ids = item_map["item_id"].to_pylist()
 
     if backbone is None:
-        profile = cfg.profile or params.llm.profile
-        backbone = load_backbone(dataclasses.replace(params.llm, profile=profile, dtype="float32"), cfg.layers)
+        backbone = load_text_encoder(cfg.profile or params.llm.profile, cfg.layers, params.llm)
     key_parts = content_key(backbone.source, cfg, item_ids, texts)
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
     work = Path(cfg.runs_dir) / key

