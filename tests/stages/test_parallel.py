@@ -22,6 +22,9 @@ def write_project(tmp_path, up_to_date=(), stale_upstream=None):
     fake.write_text(textwrap.dedent(f"""\
         #!{sys.executable}
         import json, sys
+        if sys.argv[1] == "commit":  # record what was committed
+            open("committed.json", "w").write(json.dumps(sys.argv[3:]))
+            sys.exit(0)
         names = sys.argv[sys.argv.index("--with-deps") + 1:]
         out = {{n: [{{"changed outs": {{}}}}] for n in names if n not in {list(up_to_date)!r}}}
         if {stale_upstream!r}:
@@ -43,6 +46,7 @@ def test_stale_stages_run_at_the_same_time_and_clean_ones_are_skipped(tmp_path):
     end = {n: float((tmp_path / f"{n}.end").read_text()) for n in "ab"}
     assert max(start.values()) < min(end.values())  # both were running at once
     assert "[a] hello from a" in lines and "[b] hello from b" in lines  # each line names its stage
+    assert json.loads((tmp_path / "committed.json").read_text()) == ["a", "b"]  # dvc commit -f a b: repro skips them
 
 
 def test_a_failing_stage_is_named_and_the_others_finish(tmp_path):
@@ -51,6 +55,7 @@ def test_a_failing_stage_is_named_and_the_others_finish(tmp_path):
     assert parallel_stages(["a", "bad"], dvc, tmp_path / "dvc.yaml", log=lines.append) == ["bad"]
     assert (tmp_path / "a.end").exists()
     assert "[bad] FAILED (exit 1)" in lines
+    assert json.loads((tmp_path / "committed.json").read_text()) == ["a"]  # the failed stage is left to dvc repro
 
 
 def test_a_stale_upstream_stage_is_an_error(tmp_path):
