@@ -32,5 +32,8 @@ case "${1:?llm | sasrec | table}" in
     score sasrec_text $O/models/sasrec bench/params/beauty_sasrec_text.yaml ;;
   table)
     python bench/eval_parts.py table --params $LP --splits $S --parts "$PARTS"/*.pt \
-      --out bench/results/beauty_text_llm/metrics.json --table bench/results/beauty_text_llm/results.md ;;
+      --out bench/results/beauty_text_llm/metrics.json --table bench/results/beauty_text_llm/results.md \
+      --compare sasrec_text-sasrec_id teacher_text-sasrec_id student_text-sasrec_id student_nokd_text-sasrec_id \
+        teacher_text-sasrec_text student_text-sasrec_text student_nokd_text-sasrec_text \
+        student_text-teacher_text student_nokd_text-teacher_text student_text-student_nokd_text ;;
 esac
