@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Issue 19: the text-aware LLM models on an Amazon dataset and the paired ID SASRec, one torch thread per process.
+#   bench/text_llm.sh DS llm     teacher (id+text) -> distilled student -> student_nokd, each scored on test
+#   bench/text_llm.sh DS sasrec  the ID SASRec retrained on the same splits (for paired CIs), then both SASRecs scored
+#   bench/text_llm.sh DS teacher_id  the ID teacher over the ID SASRec, on the same splits, scored
+#   bench/text_llm.sh DS table   one table with paired-bootstrap CIs over all users
+# DS = beauty (needs runs/beauty-sasrec-text: bench/README.md, "SASRec with the text view on Amazon Beauty") or
+# scientific (runs/sci-sasrec-text and runs/sci-sasrec-id: "SASRec with and without the text view on Amazon Scientific").
+# Resumable: every training resumes from $O/runs, a finished model or score is not redone.
+set -euo pipefail
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+case "${1:?beauty | scientific}" in
+  beauty) O=runs/beauty-sasrec-text; SID=$O/models/sasrec_id; PARTS=$O/parts
+    OUT=bench/results/beauty_text_llm/metrics.json; TABLE=bench/results/beauty_text_llm/results.md ;;
+  scientific) O=runs/sci-sasrec-text; SID=runs/sci-sasrec-id/models/sasrec; PARTS=runs/sci-parts
+    OUT=bench/results/scientific_text/llm_metrics.json; TABLE=bench/results/scientific_text/llm_results.md ;;
+  *) echo "unknown dataset $1" >&2; exit 2 ;;
+esac
+ds=$1; shift
+S=$O/splits; R=$O/runs
+LP=bench/params/${ds}_llm_text.yaml; SP=bench/params/${ds}_sasrec.yaml; [ -f $SP ] || SP=bench/params/${ds}_sasrec_id.yaml
+mkdir -p "$PARTS"
+score() {  # name dir params
+  [ -f "$PARTS/$1.pt" ] || python bench/eval_parts.py score --params "$3" --splits $S --model "$1=$2" --split test --out "$PARTS/$1.pt"
+}
+train_llm() {  # name sasrec role-args...
+  local name=$1 sasrec=$2; shift 2
+  [ -f "$O/models/$name/model.pt" ] || slmrec train "$@" --params $LP --splits $S --sasrec "$sasrec" \
+    --out "$O/models/$name" --runs $R
+}
+case "${1:?llm | sasrec | teacher_id | table}" in
+  llm)
+    train_llm teacher_text $O/models/sasrec teacher
+    score teacher_text $O/models/teacher_text $LP
+    train_llm student_nokd_text $O/models/sasrec student
+    score student_nokd_text $O/models/student_nokd_text $LP
+    train_llm student_text $O/models/sasrec student --teacher $O/models/teacher_text
+    score student_text $O/models/student_text $LP ;;
+  sasrec)
+    [ -f $SID/model.pt ] || slmrec train sasrec --params $SP --splits $S --out $SID --runs $R
+    score sasrec_id $SID $SP
+    score sasrec_text $O/models/sasrec bench/params/${ds}_sasrec_text.yaml ;;
+  teacher_id)  # the LLM side reads the ID SASRec's table only (params: the text file with item_side id)
+    [ -f "$O/models/teacher_id/model.pt" ] || slmrec train teacher --params bench/params/${ds}_llm_id.yaml --splits $S \
+      --sasrec $SID --out $O/models/teacher_id --runs $R
+    score teacher_id $O/models/teacher_id bench/params/${ds}_llm_id.yaml ;;
+  table)
+    have() { [ -f "$PARTS/$1.pt" ]; }
+    pairs=()
+    for p in sasrec_text-sasrec_id teacher_id-sasrec_id teacher_text-sasrec_id student_text-sasrec_id \
+             student_nokd_text-sasrec_id teacher_text-teacher_id teacher_text-sasrec_text student_text-sasrec_text \
+             student_nokd_text-sasrec_text student_text-teacher_text student_nokd_text-teacher_text \
+             student_text-student_nokd_text; do
+      have "${p%%-*}" && have "${p#*-}" && pairs+=("$p")
+    done
+    python bench/eval_parts.py table --params $LP --splits $S --parts "$PARTS"/*.pt \
+      --out $OUT --table $TABLE --compare "${pairs[@]}" ;;
+esac
