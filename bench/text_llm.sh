@@ -3,6 +3,7 @@
 #   bench/text_llm.sh DS llm     teacher (id+text) -> distilled student -> student_nokd, each scored on test
 #   bench/text_llm.sh DS sasrec  the ID SASRec retrained on the same splits (for paired CIs), then both SASRecs scored
 #   bench/text_llm.sh DS teacher_id  the ID teacher over the ID SASRec, on the same splits, scored
+#   bench/text_llm.sh DS fusion  the teacher with each other fusion (gated, concat, whitened sum), validation only
 #   bench/text_llm.sh DS table   one table with paired-bootstrap CIs over all users
 # DS = beauty (needs runs/beauty-sasrec-text: bench/README.md, "SASRec with the text view on Amazon Beauty") or
 # scientific (runs/sci-sasrec-text and runs/sci-sasrec-id: "SASRec with and without the text view on Amazon Scientific").
@@ -28,7 +29,7 @@ train_llm() {  # name sasrec role-args...
   [ -f "$O/models/$name/model.pt" ] || slmrec train "$@" --params $LP --splits $S --sasrec "$sasrec" \
     --out "$O/models/$name" --runs $R
 }
-case "${1:?llm | sasrec | teacher_id | table}" in
+case "${1:?llm | sasrec | teacher_id | fusion | table}" in
   llm)
     train_llm teacher_text $O/models/sasrec teacher
     score teacher_text $O/models/teacher_text $LP
@@ -44,6 +45,11 @@ case "${1:?llm | sasrec | teacher_id | table}" in
     [ -f "$O/models/teacher_id/model.pt" ] || slmrec train teacher --params bench/params/${ds}_llm_id.yaml --splits $S \
       --sasrec $SID --out $O/models/teacher_id --runs $R
     score teacher_id $O/models/teacher_id bench/params/${ds}_llm_id.yaml ;;
+  fusion)  # validation only: each run prints and keeps its best validation NDCG@10 (train.json)
+    for f in gated concat whiten; do
+      [ -f "$O/models/teacher_$f/model.pt" ] || slmrec train teacher --params bench/params/${ds}_llm_$f.yaml --splits $S \
+        --sasrec $O/models/sasrec --out $O/models/teacher_$f --runs $R
+    done ;;
   table)
     have() { [ -f "$PARTS/$1.pt" ]; }
     pairs=()
