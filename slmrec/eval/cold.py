@@ -183,8 +183,12 @@ def cold_table(result: dict) -> str:
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for name, e in result["models"].items():
-        reads_text = "text" in e["item_side"]
-        note = "" if reads_text else " (cannot rank an unseen item: no text)"
+        if "text" in e["item_side"]:
+            note = ""
+        elif e["item_side"].startswith("none"):
+            note = " (an unseen item has no count: ranked last)"
+        else:  # an ID model scores an unseen item with the vector it was initialised with, never trained
+            note = " (no text: an unseen item keeps its untrained vector)"
         lines.append(f"| {name}{note} | {e['item_side']} | {e['cold'].get('ndcg@10', float('nan')):.4f} | "
                      f"{e['cold'].get('hr@10', float('nan')):.4f} | {e['cold_median_rank'] or float('nan'):.0f} | "
                      f"{e['warm'].get('ndcg@10', float('nan')):.4f} | {e['warm'].get('hr@10', float('nan')):.4f} |")

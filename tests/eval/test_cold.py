@@ -94,4 +94,4 @@ def test_only_a_text_model_ranks_cold_items(tmp_path):
     for name in m:
         assert m[name]["warm"]["hr@10"] > 0.5 or name == "popularity"
     table = (tmp_path / "cold.md").read_text()
-    assert "sasrec_id (cannot rank an unseen item: no text)" in table and "| sasrec_text | text |" in table
+    assert "sasrec_id (no text: an unseen item keeps its untrained vector)" in table and "| sasrec_text | text |" in table
