@@ -65,11 +65,11 @@ from orchestration.pipeline import PROJECT_DIR, DvcPipeline
 from slmrec.days import day_bounds, shift_day
 
 SCENARIOS = ("honest", "cold_ids", "taste", "popularity", "degraded", "pipeline")
-RULES = ("score_drift", "history_len_drift", "recent_popularity_drift", "unknown_item_share", "cold_user_share",
+RULES = ("score_drift", "history_len_drift", "recent_popularity_drift", "unknown_item_increase", "cold_user_share",
          "ndcg_drop", "popularity_shift", "list_conflicts")
 THRESHOLD_OF = {"score_drift": "score_drift_threshold", "history_len_drift": "input_drift_threshold",
                 "recent_popularity_drift": "recent_popularity_threshold",
-                "unknown_item_share": "max_unknown_item_share", "cold_user_share": "max_cold_user_share",
+                "unknown_item_increase": "max_unknown_item_increase", "cold_user_share": "max_cold_user_share",
                 "ndcg_drop": "max_ndcg_drop", "popularity_shift": "max_popularity_change",
                 "list_conflicts": "max_list_conflict_share"}
 
@@ -445,7 +445,7 @@ def markdown_table(table: list[dict]) -> str:
 
 
 COLOURS = {"score_drift": "#1f77b4", "history_len_drift": "#8c564b", "recent_popularity_drift": "#e377c2",
-           "unknown_item_share": "#d62728", "cold_user_share": "#ff7f0e", "ndcg_drop": "#9467bd",
+           "unknown_item_increase": "#d62728", "cold_user_share": "#ff7f0e", "ndcg_drop": "#9467bd",
            "popularity_shift": "#2ca02c", "list_conflicts": "#17becf"}
 
 

@@ -290,7 +290,10 @@ class MonitoringConfig:
     recent_popularity_threshold: float = 1.0  # normed Wasserstein on the popularity of what users turn to now
     max_ndcg_drop: float = 0.5  # relative drop of NDCG@k vs the reference (once ground truth is in)
     max_popularity_change: float = 0.3  # relative change of the average recommendation popularity (ARP)
-    max_unknown_item_share: float = 0.1  # share of history items the model does not know (honest: <= 0.05)
+    # the share of history items the model does not know, judged as its increase over the reference window's
+    # share (verdict.py): (current - reference) / max(reference, unknown_share_floor)
+    max_unknown_item_increase: float = 2.0
+    unknown_share_floor: float = 0.01
     max_list_conflict_share: float = 0.01  # truth items ranked top-k now but missing from the list (0 if reproducible)
     max_cold_user_share: float = 0.1  # share of users without a usable history (honest ML-100K: <= 0.03)
     min_users: int = 20  # fewer current users than this: no verdict on lists/quality (too noisy), only input checks

@@ -64,7 +64,7 @@ def test_monitor_cli_no_drift_on_an_unshifted_window_and_drift_on_a_shifted_one(
     assert same["rc"] == 0 and not same["verdict"]["drift"], same["verdict_markdown"]
     shifted = run_cli(tmp_path, "shifted", window(np.random.default_rng(3), 60, True, "c"))
     assert shifted["rc"] == 2 and shifted["verdict"]["drift"]
-    assert set(shifted["verdict"]["failing"]) == {"unknown_item_share", "cold_user_share"}
+    assert set(shifted["verdict"]["failing"]) == {"unknown_item_increase", "cold_user_share"}
     assert shifted["values"]["cold_user_share"]["current"] == pytest.approx(0.5)
 
 
@@ -84,7 +84,7 @@ def test_short_replay_through_the_dagster_definitions_catches_a_planted_shift_an
     assert list(days) == ["1998-01-10", "1998-01-11", "1998-01-12"]
     assert days["1998-01-10"]["verdict"] == "ok" and days["1998-01-10"]["values"]["cold_user_share"] == 0.0
     assert days["1998-01-11"]["verdict"] == "drift"
-    assert {"cold_user_share", "unknown_item_share"} <= set(days["1998-01-11"]["failing"])
+    assert {"cold_user_share", "unknown_item_increase"} <= set(days["1998-01-11"]["failing"])
     # the sensor (its clock = the simulated day) requested a retrain, which went through the gate and ran
     assert days["1998-01-11"]["sensor"]["requested"].startswith("drift-")
     # drift again on day 3 (new shifted users), with new data and past the 1 h cooldown: a second retrain,

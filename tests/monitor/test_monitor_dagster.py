@@ -139,10 +139,11 @@ def test_monitoring_asset_and_drift_check_and_sensor(project, monkeypatch):
         meta, check = materialize(project, SHIFT, instance)
         assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
         failing = check.metadata["failing"].value
-        assert set(failing) == {"unknown_item_share", "cold_user_share"} and meta["verdict"].value == "drift"
+        assert set(failing) == {"unknown_item_increase", "cold_user_share"} and meta["verdict"].value == "drift"
         values = check.metadata["failing_values"].value
         assert values["cold_user_share"] == pytest.approx(10 / 20)  # 10 new users of 20 active
-        assert values["unknown_item_share"] == pytest.approx(10 / 20)  # their histories are all unknown
+        # their histories are all unknown: share 10/20 against none in the reference (floor 0.01)
+        assert values["unknown_item_increase"] == pytest.approx((10 / 20 - 0.0) / 0.01)
 
         request, cursor = tick(instance, project, cursor)
         assert isinstance(request, dg.RunRequest) and request.job_name in (None, "retrain_job")

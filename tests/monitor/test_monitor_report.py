@@ -16,13 +16,13 @@ import pytest
 
 from slmrec.config import MonitoringConfig
 from slmrec.monitor.report import inputs_frame, monitor, ranking_frame, save_report
-from slmrec.monitor.verdict import judge
+from slmrec.monitor.verdict import _increase, judge
 from slmrec.monitor.window import Window, read_window, write_window
 
 K = 3
 # thresholds spelled out: the test must not move when params.yaml is recalibrated
 CFG = MonitoringConfig(k=K, min_users=1, score_drift_threshold=0.5, input_drift_threshold=0.5, max_ndcg_drop=0.5,
-                       max_popularity_change=0.3, max_unknown_item_share=0.2, max_cold_user_share=0.2,
+                       max_popularity_change=0.3, max_unknown_item_increase=2.0, max_cold_user_share=0.2,
                        recent_popularity_threshold=0.5)
 TRAIN = pd.DataFrame({"user_id": ["t1", "t2", "t3", "t4", "t1", "t2", "t1", "t1"],
                       "item_id": ["a", "a", "a", "a", "b", "b", "c", "d"]})
@@ -141,7 +141,7 @@ def test_verdict_names_each_failing_rule(report):
         "score_drift": "fail",  # 0.878 > 0.5
         "history_len_drift": "pass",
         "recent_popularity_drift": "fail",  # 4.5 > 0.5
-        "unknown_item_share": "fail",  # 0.625 > 0.2
+        "unknown_item_increase": "fail",  # (0.625 - 0) / max(0, floor 0.01) = 62.5 > 2
         "cold_user_share": "fail",  # 0.5 > 0.2
         "ndcg_drop": "fail",  # (0.75 - 0.315) / 0.75 = 0.58 > 0.5
         # |2.333 - 3.167| / 2.333 = 0.357 > 0.3, but of 2 users: resampled, the current ARP is 2.333, 3.167 or 4
@@ -150,7 +150,9 @@ def test_verdict_names_each_failing_rule(report):
         "list_conflicts": "pass",  # b at 2 is listed, f at 5 is outside the top-3: the lists are reproduced
     }
     assert verdict.drift and verdict.status == "drift" and sorted(verdict.to_dict()["failing"]) == sorted(
-        ["score_drift", "recent_popularity_drift", "unknown_item_share", "cold_user_share", "ndcg_drop"])
+        ["score_drift", "recent_popularity_drift", "unknown_item_increase", "cold_user_share", "ndcg_drop"])
+    unknown = next(r for r in verdict.rules if r.name == "unknown_item_increase")
+    assert unknown.value == pytest.approx(62.5) and "0.625 vs reference 0" in unknown.reason
     shift = next(r for r in verdict.rules if r.name == "popularity_shift")
     assert shift.value == pytest.approx((3.167 - 2.333) / 2.333, abs=1e-3) and "within chance" in shift.reason
     arp = report.values["popularity_arp"]
@@ -181,7 +183,17 @@ def test_without_truth_or_inputs_those_metrics_are_left_out():
     r = monitor(REFERENCE, bare, TRAIN, CFG)
     assert "ndcg@3" not in r.values and "unknown_item_share" not in r.values
     status = {x.name: x.status for x in judge(r, CFG).rules}
-    assert status["ndcg_drop"] == status["unknown_item_share"] == "skipped"
+    assert status["ndcg_drop"] == status["unknown_item_increase"] == "skipped"
+
+
+def test_unknown_items_are_judged_against_the_models_own_reference_share():
+    """A young model (5% of its own reference histories unknown: k-core pruning) that meets 10% is within
+    2x; an old one (1%) that meets 4% has had 3x added; a reference with no unknown items uses the floor."""
+    assert _increase(0.10, 0.05, 0.01) == pytest.approx(1.0)
+    assert _increase(0.04, 0.01, 0.01) == pytest.approx(3.0)
+    assert _increase(0.03, 0.0, 0.01) == pytest.approx(3.0)
+    assert _increase(0.02, 0.05, 0.01) == pytest.approx(-0.6)  # fewer unknown items than in training: no alarm
+    assert _increase(None, 0.05, 0.01) is None
 
 
 def test_saved_report_files_and_window_round_trip(tmp_path, report):
