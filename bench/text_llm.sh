@@ -3,7 +3,8 @@
 #   bench/text_llm.sh DS llm     teacher (id+text) -> distilled student -> student_nokd, each scored on test
 #   bench/text_llm.sh DS sasrec  the ID SASRec retrained on the same splits (for paired CIs), then both SASRecs scored
 #   bench/text_llm.sh DS teacher_id  the ID teacher over the ID SASRec, on the same splits, scored
-#   bench/text_llm.sh DS fusion  the teacher with each other fusion (gated, concat, whitened sum), validation only
+#   bench/text_llm.sh DS fusion [F..]  the teacher with each other fusion (gated, concat, whiten = whitened sum;
+#                                default all three), validation only
 #   bench/text_llm.sh DS long    the teacher (id+text) with 4 epochs (params ${DS}_llm_text_e4.yaml), scored; then
 #                                its distilled student and student_nokd with 4 epochs, scored
 #   bench/text_llm.sh DS table   one table with paired-bootstrap CIs over all users
@@ -56,8 +57,8 @@ case "${1:?llm | long | sasrec | teacher_id | fusion | table}" in
     [ -f "$O/models/teacher_id/model.pt" ] || slmrec train teacher --params bench/params/${ds}_llm_id.yaml --splits $S \
       --sasrec $SID --out $O/models/teacher_id --runs $R
     score teacher_id $O/models/teacher_id bench/params/${ds}_llm_id.yaml ;;
-  fusion)  # validation only: each run prints and keeps its best validation NDCG@10 (train.json)
-    for f in gated concat whiten; do
+  fusion)  # validation only: each run prints and keeps its best validation NDCG@10 (train.json); optional list
+    for f in ${2:-gated concat whiten}; do
       [ -f "$O/models/teacher_$f/model.pt" ] || slmrec train teacher --params bench/params/${ds}_llm_$f.yaml --splits $S \
         --sasrec $O/models/sasrec --out $O/models/teacher_$f --runs $R
     done ;;
