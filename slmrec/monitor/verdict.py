@@ -20,8 +20,9 @@ rule was skipped — a window that could not be judged is not a green pass (the 
 The unknown-item rule is relative to the model's own reference window: the share's level depends on the
 model's vocabulary (k-core pruning leaves 5% of a six-week ML-100K model's history items unknown in its own
 training days, 1.4% of a five-month one's), so one level threshold alarms on every young model; what the
-model did not face in training is the increase over its reference. The thresholds are calibrated on honest periods and their false alarms counted on other honest days
-(`python -m orchestration.replay calibrate`, README "Monitoring").
+model did not face in training is the increase over its reference. The thresholds are calibrated on honest
+periods and their false alarms counted on other honest days (`python -m orchestration.replay calibrate`,
+README "Monitoring").
 """
 
 from __future__ import annotations
@@ -65,16 +66,14 @@ class Verdict:
                 "rules": [asdict(r) for r in self.rules]}
 
     def markdown(self) -> str:
-        def fmt(x):
-            return "—" if x is None else f"{x:.4g}"
         lines = ["| rule | status | current | reference | threshold | why |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r.name} | {r.status} | {fmt(r.value)} | {fmt(r.reference)} | {r.threshold:g} | {r.reason} |"
+        lines += [f"| {r.name} | {r.status} | {_fmt(r.value, 4)} | {_fmt(r.reference, 4)} | {r.threshold:g} | {r.reason} |"
                   for r in self.rules]
         return "\n".join(lines)
 
 
-def _fmt(x: float | None) -> str:
-    return "—" if x is None else f"{x:.3g}"
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "—" if x is None else f"{x:.{digits}g}"
 
 
 def _above(name: str, value: float | None, threshold: float, needs: str | None, reference: float | None = None,
