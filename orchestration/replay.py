@@ -45,6 +45,7 @@ import json
 import logging
 import shutil
 import time
+from collections import Counter
 from contextlib import ExitStack, chdir
 from pathlib import Path
 from unittest import mock
@@ -539,21 +540,31 @@ def _stops(alerts: list[dict]) -> str:
 def results_table(folder: str | Path) -> str:
     """The README table from a campaign folder (make replay): false alarms, then each shift's detection."""
     folder = Path(folder)
-    for f in [*sorted((folder / "honest").glob("*/replay.json")), *sorted(folder.glob("*/replay.json"))]:
+    for f in [*sorted((folder / "honest").glob("*/replay.json")), *sorted((folder / "heldout").glob("*/replay.json")),
+              *sorted(folder.glob("*/replay.json"))]:
         r = json.loads(f.read_text())  # the plots too, from the recorded rows
         c = r["config"]
         f.with_suffix(".svg").write_text(svg_plot(
             r["days"], f"replay {c['scenario']} from {c['start']}: each rule's value / its threshold",
             r["monitoring"], c["shift_day"] if c["scenario"] != "honest" else None))
-    lines = ["| honest period (model cut at its start) | windows judged | windows judged drift | false-alarm rate | "
-             "drift retrains: promoted / refused | loop stopped with an alert |", "|---|---|---|---|---|---|"]
-    for f in sorted((folder / "honest").glob("*/replay.json")):
-        r = json.loads(f.read_text())
-        s = summarize(r["days"], ReplayConfig(**r["config"]))
-        promoted = sum(x["promoted"] for x in r["retrains"])
-        lines.append(f"| {r['config']['start']} + {s['days']} days | {s['honest_windows']} | "
-                     f"{s['false_alarm_windows']} | {s['false_alarm_rate']:.0%} | "
-                     f"{promoted} / {len(r['retrains']) - promoted} | {_stops(r['alerts'])} |")
+    lines = []
+    for kind, title in (("honest", "honest period (model cut at its start)"),
+                        ("heldout", "held-out honest period: a month's tail no earlier replay monitored")):
+        runs = sorted((folder / kind).glob("*/replay.json"))
+        if not runs:
+            continue
+        lines += [*([""] if lines else []), f"| {title} | windows judged | windows judged drift | false-alarm rate | "
+                  "failing rule(s) | drift retrains: promoted / refused | loop stopped with an alert |",
+                  "|---|---|---|---|---|---|---|"]
+        for f in runs:
+            r = json.loads(f.read_text())
+            s = summarize(r["days"], ReplayConfig(**r["config"]))
+            promoted = sum(x["promoted"] for x in r["retrains"])
+            rules = Counter(rule for day in r["days"] for rule in day["failing"])
+            lines.append(f"| {r['config']['start']} + {s['days']} days | {s['honest_windows']} | "
+                         f"{s['false_alarm_windows']} | {s['false_alarm_rate']:.0%} | "
+                         f"{', '.join(f'{k} ({n})' for k, n in rules.items()) or '—'} | "
+                         f"{promoted} / {len(r['retrains']) - promoted} | {_stops(r['alerts'])} |")
     lines += ["", "| shift (from day 8, 1998-02-08) | caught on | days to detection | by rule(s) | false alarms before "
               "the shift (windows) | drift retrains: promoted / refused | loop stopped with an alert |",
               "|---|---|---|---|---|---|---|"]
