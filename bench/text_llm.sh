@@ -3,10 +3,12 @@
 #   bench/text_llm.sh DS llm     teacher (id+text) -> distilled student -> student_nokd, each scored on test
 #   bench/text_llm.sh DS sasrec  the ID SASRec retrained on the same splits (for paired CIs), then both SASRecs scored
 #   bench/text_llm.sh DS teacher_id  the ID teacher over the ID SASRec, on the same splits, scored
-#   bench/text_llm.sh DS fusion [F..]  the teacher with each other fusion (gated, concat, whiten = whitened sum;
-#                                default all three), validation only
+#   bench/text_llm.sh DS fusion [F..]  the teacher with each other fusion (gated, concat, whiten = whitened sum,
+#                                iddrop = sum with llm.item_id_dropout 0.2;
+#                                default gated concat whiten), validation only
 #   bench/text_llm.sh DS long    the teacher (id+text) with 4 epochs (params ${DS}_llm_text_e4.yaml), scored; then
 #                                its distilled student and student_nokd with 4 epochs, scored
+#   bench/text_llm.sh DS seed    the teacher (id+text) with a second training seed (params ${DS}_llm_text_s43.yaml), scored
 #   bench/text_llm.sh DS table   one table with paired-bootstrap CIs over all users
 # DS = beauty (needs runs/beauty-sasrec-text: bench/README.md, "SASRec with the text view on Amazon Beauty") or
 # scientific (runs/sci-sasrec-text and runs/sci-sasrec-id: "SASRec with and without the text view on Amazon Scientific").
@@ -32,7 +34,7 @@ train_llm() {  # name sasrec role-args...
   [ -f "$O/models/$name/model.pt" ] || slmrec train "$@" --params $LP --splits $S --sasrec "$sasrec" \
     --out "$O/models/$name" --runs $R
 }
-case "${1:?llm | long | sasrec | teacher_id | fusion | table}" in
+case "${1:?llm | long | seed | sasrec | teacher_id | fusion | table}" in
   llm)
     train_llm teacher_text $O/models/sasrec teacher
     score teacher_text $O/models/teacher_text $LP
@@ -49,6 +51,10 @@ case "${1:?llm | long | sasrec | teacher_id | fusion | table}" in
     score student_nokd_text_e4 $O/models/student_nokd_text_e4 $LP
     train_llm student_text_e4 $O/models/sasrec student --teacher $O/models/teacher_text_e4
     score student_text_e4 $O/models/student_text_e4 $LP ;;
+  seed)  # how far a second training seed moves the teacher
+    LP=bench/params/${ds}_llm_text_s43.yaml
+    train_llm teacher_text_s43 $O/models/sasrec teacher
+    score teacher_text_s43 $O/models/teacher_text_s43 $LP ;;
   sasrec)
     [ -f $SID/model.pt ] || slmrec train sasrec --params $SP --splits $S --out $SID --runs $R
     score sasrec_id $SID $SP
@@ -70,7 +76,8 @@ case "${1:?llm | long | sasrec | teacher_id | fusion | table}" in
              student_nokd_text-sasrec_text student_text-teacher_text student_nokd_text-teacher_text \
              student_text-student_nokd_text teacher_text_e4-sasrec_id teacher_text_e4-sasrec_text \
              teacher_text_e4-teacher_text student_text_e4-teacher_text_e4 student_nokd_text_e4-teacher_text_e4 \
-             student_text_e4-student_nokd_text_e4 student_text_e4-sasrec_id; do
+             student_text_e4-student_nokd_text_e4 student_text_e4-sasrec_id teacher_text_s43-sasrec_id \
+             teacher_text_s43-sasrec_text teacher_text_s43-teacher_text; do
       have "${p%%-*}" && have "${p#*-}" && pairs+=("$p")
     done
     python bench/eval_parts.py table --params $LP --splits $S --parts "$PARTS"/*.pt \

@@ -92,6 +92,8 @@ class LLMRecConfig:
     item_side: str = "id"
     item_fusion: str = "sum"  # id+text: sum | gated | concat (concat-project); chosen on validation
     text_whiten: bool = False  # centre and whiten the text table (PCA whitening, UniSRec-style) before the map
+    # id+text, training only: the share of items each step reads through their text alone (ID vector zeroed)
+    item_id_dropout: float = 0.0
     dtype: str = "auto"  # auto = bf16 on cuda, float32 elsewhere (bfloat16 on a CPU with AVX-512 BF16: a lever)
     device: str = "auto"  # auto = cuda > mps > cpu
     # speed levers that change nothing but float rounding (bench/bench_levers.py measures each):

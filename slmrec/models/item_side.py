@@ -160,25 +160,35 @@ FUSIONS: dict[str, Callable[[int], nn.Module]] = {"sum": SumFusion, "gated": Gat
 
 
 class IdTextSide(nn.Module):
-    def __init__(self, d_id: int, text: TextInputs, fusion: str):
+    """id_dropout: in training, each step reads a random share of the items through their text alone (their
+    ID vector zeroed, not rescaled: an item read by its text alone is what a cold item is at evaluation), so
+    the text map has to carry those items; evaluation reads every ID vector."""
+
+    def __init__(self, d_id: int, text: TextInputs, fusion: str, id_dropout: float = 0.0):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"item_fusion: unknown fusion {fusion!r}; known: {sorted(FUSIONS)}")
+        if not 0.0 <= id_dropout < 1.0:
+            raise ValueError(f"item_id_dropout must be in [0, 1), got {id_dropout}")
         self.text = TextView(text, d_id, zero_init=FUSIONS[fusion].text_starts_at_zero)
         self.fusion = FUSIONS[fusion](d_id)
+        self.id_dropout = id_dropout
         _keep_unseen(self, text)
 
     def forward(self, ids: Tensor) -> Tensor:
         if hasattr(self, "id_unseen"):  # a cold item's ID vector is untrained noise: its text alone speaks
             ids = ids.masked_fill(self.id_unseen[:, None], 0.0)
+        if self.training and self.id_dropout > 0:
+            dropped = torch.rand(ids.shape[0], device=ids.device) < self.id_dropout  # (n_items + 1,)
+            ids = ids.masked_fill(dropped[:, None], 0.0)
         return self.fusion(ids, self.text())  # (n_items + 1, d_id)
 
 
-# name -> (builder(d_id, text, fusion), needs text)
-ITEM_SIDES: dict[str, tuple[Callable[[int, TextInputs | None, str], nn.Module], bool]] = {
-    "id": (lambda d_id, text, fusion: IdSide(), False),
-    "text": (lambda d_id, text, fusion: TextSide(d_id, text), True),
-    "id+text": (lambda d_id, text, fusion: IdTextSide(d_id, text, fusion), True),
+# name -> (builder(d_id, text, fusion, id_dropout), needs text)
+ITEM_SIDES: dict[str, tuple[Callable[[int, TextInputs | None, str, float], nn.Module], bool]] = {
+    "id": (lambda d_id, text, fusion, id_dropout: IdSide(), False),
+    "text": (lambda d_id, text, fusion, id_dropout: TextSide(d_id, text), True),
+    "id+text": (lambda d_id, text, fusion, id_dropout: IdTextSide(d_id, text, fusion, id_dropout), True),
 }
 
 
@@ -235,13 +245,16 @@ def side_needs_text(name: str) -> bool:
     return ITEM_SIDES[name][1]
 
 
-def build_item_side(name: str, d_id: int, text: TextInputs | None = None, fusion: str = "sum") -> nn.Module:
+def build_item_side(name: str, d_id: int, text: TextInputs | None = None, fusion: str = "sum",
+                    id_dropout: float = 0.0) -> nn.Module:
     if side_needs_text(name) and text is None:
         raise ValueError(f"item_side {name!r} reads the item text table: give it (slmrec item-text, --item-text)")
     if not side_needs_text(name) and text is not None:
         raise ValueError(f"item_side {name!r} reads no text, but a text table was given")
+    if id_dropout and name != "id+text":
+        raise ValueError(f"item_id_dropout drops the ID view of id+text; item_side {name!r} has none to drop")
     builder, _ = ITEM_SIDES[name]
-    return builder(d_id, text, fusion)
+    return builder(d_id, text, fusion, id_dropout)
 
 
 __all__ = ["ITEM_SIDES", "FUSIONS", "TextInputs", "TextView", "prepare_text", "build_item_side", "side_needs_text",

@@ -203,7 +203,7 @@ class LLMRec(Recommender):
         self.item_adapter = build_item_adapter(cfg.item_adapter, item_table.shape[0], self.d_id, cfg.item_adapter_hidden)
         if text is not None and text.table.shape[0] != item_table.shape[0]:
             raise ValueError(f"text table has {text.table.shape[0]} rows, the item table {item_table.shape[0]}")
-        self.item_side = build_item_side(cfg.item_side, self.d_id, text, cfg.item_fusion)  # `id`: no parameters
+        self.item_side = build_item_side(cfg.item_side, self.d_id, text, cfg.item_fusion, cfg.item_id_dropout)  # `id`: no parameters
         self.d_text = text.table.shape[1] if text is not None else None
         self._prefix_kv: list[tuple[Tensor, Tensor]] | None = None  # set by merge_for_inference
         self.to(backbone.device)

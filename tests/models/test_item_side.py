@@ -225,3 +225,27 @@ def test_items_in_no_training_sequence_are_no_training_negatives():
     assert torch.isfinite(m.full_sort_predict(b)[:, 5]).all()  # scored at evaluation
     llm = LLMRec.build(cfg(item_side="text"), "student", torch.randn(6, D_ID), text=TextInputs(t.table, t.mask, unseen))
     llm.calculate_loss(batch_of([[1, 2, 3]]))  # a planted target 4: fine; unseen item 5 is masked, not a target
+
+
+def test_id_dropout_reads_a_share_of_items_by_their_text_in_training_only():
+    """item_id_dropout: in training each step zeroes the ID vector of ~p of the items (their fused vector is
+    the text view alone, not rescaled); evaluation reads every ID vector; other sides refuse it."""
+    t = text_inputs(n_items=400)
+    side = build_item_side("id+text", D_ID, t, "sum", id_dropout=0.3)
+    with torch.no_grad():
+        side.text.map.weight.normal_()
+    ids, text = torch.randn(401, D_ID), side.text().detach()
+    torch.manual_seed(0)
+    out = side.train()(ids)
+    text_only = torch.isclose(out, text).all(1)  # (401,)
+    torch.testing.assert_close(out[~text_only], ids[~text_only] + text[~text_only])
+    assert 0.2 < text_only.float().mean() < 0.4  # ~30% of 401 rows
+    assert not torch.equal(side(ids), out)  # a fresh draw each step
+    torch.testing.assert_close(side.eval()(ids), ids + text)
+    m = LLMRec.build(cfg(item_side="id+text", item_id_dropout=0.5), "student", torch.randn(N_ITEMS + 1, D_ID),
+                     text=text_inputs())  # fmt: skip
+    assert m.item_side.id_dropout == 0.5
+    with pytest.raises(ValueError, match="has none to drop"):
+        build_item_side("text", D_ID, t, id_dropout=0.3)
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\)"):
+        build_item_side("id+text", D_ID, t, id_dropout=1.0)
