@@ -12,6 +12,7 @@ full-ranking metrics and their CIs are exactly what `slmrec evaluate` computes u
     python bench/eval_parts.py table --params P --splits S --parts runs/x/sasrec.pt runs/x/teacher.pt ... \
         --out runs/x/metrics.json --table runs/x/results.md
     python bench/eval_parts.py seeds --params P --pair student=s42.pt,s43.pt:student_nokd=n42.pt,n43.pt
+    python bench/eval_parts.py buckets --params P --splits S --parts a.pt b.pt --compare a-b   # by target popularity
 """
 
 from __future__ import annotations
@@ -154,6 +155,46 @@ def seeds(args: argparse.Namespace) -> None:
     print("\n".join(rows))
 
 
+def paired_ci(d: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
+    """95% percentile interval of the mean of per-user differences d (U,), users resampled (seeded)."""
+    rng = np.random.default_rng(seed)
+    means = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(n_boot)])
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def buckets(args: argparse.Namespace) -> None:
+    """Where a difference comes from: the test users grouped by how often their target item occurs in the
+    training sequences (quantile groups of users), each model's metric and each A − B with its paired CI."""
+    params, splits = load_params(args.params), load_splits(args.splits)
+    parts = {p["name"]: p for p in load_parts(args.parts, "buckets")}
+    counts = np.zeros(splits.n_items + 1, dtype=np.int64)
+    for seq in splits.train:
+        np.add.at(counts, np.asarray(seq, dtype=np.int64), 1)
+    split = next(iter(parts.values()))["split"]
+    targets = np.array([t for _, t in (splits.test if split == "test" else splits.valid)])  # (U,)
+    freq = counts[targets]  # (U,) training occurrences of each user's target
+    edges = np.unique(np.quantile(freq, np.linspace(0, 1, args.groups + 1)))
+    group = np.clip(np.searchsorted(edges, freq, side="right") - 1, 0, len(edges) - 2)  # (U,)
+    per_user = {n: per_user_metric(p["result"].ranks, args.metric) for n, p in parts.items()}
+    pairs = [tuple(c.split("-", 1)) for c in args.compare]
+    head = ["target's training count", "users", *parts, *(f"{a} − {b}" for a, b in pairs)]
+    print(f"Protocol: {protocol_text(params.eval)}; split {split}; {len(freq)} users; {args.metric} per user; "
+          f"users grouped by their target item's occurrences in the training sequences (quantile groups); "
+          f"paired bootstrap over the group's users, {params.eval.bootstrap} resamples, seed {params.eval.seed}; "
+          "* = CI excludes 0.\n")
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for g in range(len(edges) - 1):
+        users = group == g
+        lo, hi = int(freq[users].min()), int(freq[users].max())
+        cells = [f"{lo}–{hi}", str(int(users.sum()))] + [f"{per_user[n][users].mean():.4f}" for n in parts]
+        for a, b in pairs:
+            d = per_user[a][users] - per_user[b][users]
+            cl, ch = paired_ci(d, params.eval.bootstrap, params.eval.seed)
+            cells.append(f"{d.mean():+.4f} [{cl:+.4f}, {ch:+.4f}]" + (" *" if cl > 0 or ch < 0 else ""))
+        print("| " + " | ".join(cells) + " |")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -175,8 +216,15 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--metric", default="ndcg@10")
     d.add_argument("--pair", action="append", required=True,
                    help="A=part,part:B=part,part (the parts of one model = its seeds, same users)")
+    b = sub.add_parser("buckets")
+    b.add_argument("--params", required=True)
+    b.add_argument("--splits", required=True)
+    b.add_argument("--parts", nargs="+", required=True)
+    b.add_argument("--compare", nargs="+", default=[], help="A-B pairs (a − b, paired CI per group)")
+    b.add_argument("--metric", default="ndcg@10")
+    b.add_argument("--groups", type=int, default=4)
     args = ap.parse_args(argv)
-    {"score": score, "table": table, "seeds": seeds}[args.cmd](args)
+    {"score": score, "table": table, "seeds": seeds, "buckets": buckets}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -79,3 +79,39 @@ def test_table_compares_the_pairs_asked_for_with_paired_intervals(tmp_path):
     assert "| first − eleventh | +1.0000 [+1.0000, +1.0000] *" in (tmp_path / "t.md").read_text()
     with pytest.raises(SystemExit, match="unknown models"):
         eval_parts().main([*common, "--compare", "first-fourth"])
+
+
+def test_buckets_group_users_by_their_targets_training_count(tmp_path, capsys):
+    """`buckets`: users grouped by how often their test target occurs in the training sequences; a model that
+    ranks the popular targets 1st and the rare ones 11th shows NDCG@10 1 in the top group, 0 in the bottom one."""
+    import pickle
+
+    from snapshots import write_snapshot
+    from slmrec.config import SequenceConfig
+    from slmrec.data.sequences import build_splits, load_splits
+    from slmrec.eval.evaluator import EvalResult
+
+    # users 0-5 end on h, which 6 training sequences hold; users 6-11 end on r, which 2 hold
+    seqs = [["x1", "x2", "x3", "r" if u < 2 else "x4", "v", "h"] for u in range(6)]
+    seqs += [["y1", "y2", "h", "y3", "w", "r"] for _ in range(6)]
+    rows = [(f"u{u}", item, k) for u, seq in enumerate(seqs) for k, item in enumerate(seq)]
+    build_splits(write_snapshot(tmp_path / "snap", rows), SequenceConfig(k_core=0, out_dir=str(tmp_path / "splits")))
+    splits = load_splits(tmp_path / "splits")
+    counts = np.bincount([i for seq in splits.train for i in seq], minlength=splits.n_items + 1)
+    popular = counts[[t for _, t in splits.test]] == 6  # (U,)
+    assert popular.sum() == 6 and sorted(set(counts[[t for _, t in splits.test]])) == [2, 6]
+    parts = []
+    for name, ranks in (("popfirst", np.where(popular, 1, 11)), ("third", np.full(len(popular), 3))):
+        path = tmp_path / f"{name}.pt"
+        res = EvalResult(metrics={}, ranks=ranks, sampled_metrics=None, sampled_ranks=None, n_users=len(ranks),
+                         users_per_s=1.0, latency_ms=1.0, batch_size=8, protocol={})
+        path.write_bytes(pickle.dumps({"name": name, "model_dir": "-", "split": "test",
+                                       "dataset_hash": splits.dataset_hash, "result": res}))
+        parts.append(str(path))
+    (tmp_path / "params.yaml").write_text("eval: {bootstrap: 50}\n")
+    eval_parts().main(["buckets", "--params", str(tmp_path / "params.yaml"), "--splits", str(tmp_path / "splits"),
+                       "--parts", *parts, "--compare", "popfirst-third", "--groups", "2"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    third = 1 / np.log2(4)  # NDCG@10 of rank 3
+    assert rows == [f"| 2–2 | 6 | 0.0000 | {third:.4f} | {-third:+.4f} [{-third:+.4f}, {-third:+.4f}] * |",
+                    f"| 6–6 | 6 | 1.0000 | {third:.4f} | {1 - third:+.4f} [{1 - third:+.4f}, {1 - third:+.4f}] * |"]
