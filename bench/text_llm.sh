@@ -6,6 +6,7 @@
 #   bench/text_llm.sh DS fusion [F..]  the teacher with each other fusion (gated, concat, whiten = whitened sum,
 #                                iddrop = sum with llm.item_id_dropout 0.2;
 #                                default gated concat whiten), validation only
+#   bench/text_llm.sh DS fusion_test F  the fusion teacher F that validation chose, scored on test
 #   bench/text_llm.sh DS long    the teacher (id+text) with 4 epochs (params ${DS}_llm_text_e4.yaml), scored; then
 #                                its distilled student and student_nokd with 4 epochs, scored
 #   bench/text_llm.sh DS seed    the teacher (id+text) with a second training seed (params ${DS}_llm_text_s43.yaml), scored
@@ -34,7 +35,7 @@ train_llm() {  # name sasrec role-args...
   [ -f "$O/models/$name/model.pt" ] || slmrec train "$@" --params $LP --splits $S --sasrec "$sasrec" \
     --out "$O/models/$name" --runs $R
 }
-case "${1:?llm | long | seed | sasrec | teacher_id | fusion | table}" in
+case "${1:?llm | long | seed | sasrec | teacher_id | fusion | fusion_test | table}" in
   llm)
     train_llm teacher_text $O/models/sasrec teacher
     score teacher_text $O/models/teacher_text $LP
@@ -68,6 +69,9 @@ case "${1:?llm | long | seed | sasrec | teacher_id | fusion | table}" in
       [ -f "$O/models/teacher_$f/model.pt" ] || slmrec train teacher --params bench/params/${ds}_llm_$f.yaml --splits $S \
         --sasrec $O/models/sasrec --out $O/models/teacher_$f --runs $R
     done ;;
+  fusion_test)  # the fusion validation chose (its params and model as `fusion` made them), scored on test
+    f=${2:?fusion_test needs the fusion name}
+    score teacher_$f $O/models/teacher_$f bench/params/${ds}_llm_$f.yaml ;;
   table)
     have() { [ -f "$PARTS/$1.pt" ]; }
     pairs=()
@@ -77,7 +81,8 @@ case "${1:?llm | long | seed | sasrec | teacher_id | fusion | table}" in
              student_text-student_nokd_text teacher_text_e4-sasrec_id teacher_text_e4-sasrec_text \
              teacher_text_e4-teacher_text student_text_e4-teacher_text_e4 student_nokd_text_e4-teacher_text_e4 \
              student_text_e4-student_nokd_text_e4 student_text_e4-sasrec_id teacher_text_s43-sasrec_id \
-             teacher_text_s43-sasrec_text teacher_text_s43-teacher_text; do
+             teacher_text_s43-sasrec_text teacher_text_s43-teacher_text teacher_gated-sasrec_id \
+             teacher_gated-sasrec_text teacher_gated-teacher_text; do
       have "${p%%-*}" && have "${p#*-}" && pairs+=("$p")
     done
     python bench/eval_parts.py table --params $LP --splits $S --parts "$PARTS"/*.pt \
