@@ -120,6 +120,14 @@ def table(args: argparse.Namespace) -> None:
     print(md)
 
 
+def paired_ci(d: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
+    """95% percentile interval of the mean of per-user differences d (U,), users resampled (seeded)."""
+    rng = np.random.default_rng(seed)
+    means = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(n_boot)])
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
 def seeds(args: argparse.Namespace) -> None:
     """Seed-averaged comparison: each user's metric averaged over a model's seeds (parts), then the paired
     bootstrap over users of the difference of those means (the same resampling as paired_bootstrap)."""
@@ -141,9 +149,7 @@ def seeds(args: argparse.Namespace) -> None:
     for (a, pa), (b, pb) in specs:
         va, vb = mean_over_seeds(pa), mean_over_seeds(pb)
         d = va - vb  # (U,)
-        rng = np.random.default_rng(params.eval.seed)
-        means = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(params.eval.bootstrap)])
-        lo, hi = np.percentile(means, [2.5, 97.5])
+        lo, hi = paired_ci(d, params.eval.bootstrap, params.eval.seed)
         star = " *" if lo > 0 or hi < 0 else ""
         rows.append(f"| {a} − {b} | {va.mean():.4f} | {vb.mean():.4f} | {d.mean():+.4f} [{lo:+.4f}, {hi:+.4f}]{star} |")
     first = next(iter(parts.values()))
@@ -153,14 +159,6 @@ def seeds(args: argparse.Namespace) -> None:
           "* = CI excludes 0.\n")
     print(f"| comparison ({args.metric}, per-user mean over seeds) | a | b | a − b, 95% CI |\n|---|---|---|---|")
     print("\n".join(rows))
-
-
-def paired_ci(d: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
-    """95% percentile interval of the mean of per-user differences d (U,), users resampled (seeded)."""
-    rng = np.random.default_rng(seed)
-    means = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(n_boot)])
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(lo), float(hi)
 
 
 def buckets(args: argparse.Namespace) -> None:
