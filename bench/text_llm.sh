@@ -82,7 +82,8 @@ case "${1:?llm | long | seed | sasrec | teacher_id | fusion | fusion_test | tabl
              teacher_text_e4-teacher_text student_text_e4-teacher_text_e4 student_nokd_text_e4-teacher_text_e4 \
              student_text_e4-student_nokd_text_e4 student_text_e4-sasrec_id teacher_text_s43-sasrec_id \
              teacher_text_s43-sasrec_text teacher_text_s43-teacher_text teacher_gated-sasrec_id \
-             teacher_gated-sasrec_text teacher_gated-teacher_text; do
+             teacher_gated-sasrec_text teacher_gated-teacher_text teacher_iddrop-sasrec_id teacher_iddrop-sasrec_text \
+             teacher_iddrop-teacher_text; do
       have "${p%%-*}" && have "${p#*-}" && pairs+=("$p")
     done
     python bench/eval_parts.py table --params $LP --splits $S --parts "$PARTS"/*.pt \
