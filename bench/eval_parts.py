@@ -33,7 +33,7 @@ from slmrec.config import load_params
 from slmrec.data.examples import Examples, lengths, make_eval_examples
 from slmrec.data.sequences import load_splits
 from slmrec.eval.evaluator import evaluate, protocol_text, results_table
-from slmrec.eval.metrics import per_user_metric
+from slmrec.eval.metrics import bootstrap_mean_ci, per_user_metric
 from slmrec.lineage import atomic_write_text
 from slmrec.models.checkpoint import load_model
 from slmrec.models.llmrec import LLMRec
@@ -120,14 +120,6 @@ def table(args: argparse.Namespace) -> None:
     print(md)
 
 
-def paired_ci(d: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
-    """95% percentile interval of the mean of per-user differences d (U,), users resampled (seeded)."""
-    rng = np.random.default_rng(seed)
-    means = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(n_boot)])
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
 def seeds(args: argparse.Namespace) -> None:
     """Seed-averaged comparison: each user's metric averaged over a model's seeds (parts), then the paired
     bootstrap over users of the difference of those means (the same resampling as paired_bootstrap)."""
@@ -149,7 +141,8 @@ def seeds(args: argparse.Namespace) -> None:
     for (a, pa), (b, pb) in specs:
         va, vb = mean_over_seeds(pa), mean_over_seeds(pb)
         d = va - vb  # (U,)
-        lo, hi = paired_ci(d, params.eval.bootstrap, params.eval.seed)
+        ci = bootstrap_mean_ci(d, params.eval.bootstrap, params.eval.seed)
+        lo, hi = ci["lo"], ci["hi"]
         star = " *" if lo > 0 or hi < 0 else ""
         rows.append(f"| {a} − {b} | {va.mean():.4f} | {vb.mean():.4f} | {d.mean():+.4f} [{lo:+.4f}, {hi:+.4f}]{star} |")
     first = next(iter(parts.values()))
@@ -166,9 +159,7 @@ def buckets(args: argparse.Namespace) -> None:
     training sequences (quantile groups of users), each model's metric and each A − B with its paired CI."""
     params, splits = load_params(args.params), load_splits(args.splits)
     parts = {p["name"]: p for p in load_parts(args.parts, "buckets")}
-    counts = np.zeros(splits.n_items + 1, dtype=np.int64)
-    for seq in splits.train:
-        np.add.at(counts, np.asarray(seq, dtype=np.int64), 1)
+    counts = np.bincount([i for seq in splits.train for i in seq], minlength=splits.n_items + 1)  # (n_items + 1,)
     split = next(iter(parts.values()))["split"]
     targets = np.array([t for _, t in (splits.test if split == "test" else splits.valid)])  # (U,)
     freq = counts[targets]  # (U,) training occurrences of each user's target
@@ -188,8 +179,8 @@ def buckets(args: argparse.Namespace) -> None:
         cells = [f"{lo}–{hi}", str(int(users.sum()))] + [f"{per_user[n][users].mean():.4f}" for n in parts]
         for a, b in pairs:
             d = per_user[a][users] - per_user[b][users]
-            cl, ch = paired_ci(d, params.eval.bootstrap, params.eval.seed)
-            cells.append(f"{d.mean():+.4f} [{cl:+.4f}, {ch:+.4f}]" + (" *" if cl > 0 or ch < 0 else ""))
+            ci = bootstrap_mean_ci(d, params.eval.bootstrap, params.eval.seed)
+            cells.append(f"{ci['diff']:+.4f} [{ci['lo']:+.4f}, {ci['hi']:+.4f}]" + (" *" if ci["lo"] > 0 or ci["hi"] < 0 else ""))
         print("| " + " | ".join(cells) + " |")
 
 

@@ -61,22 +61,18 @@ def main() -> None:
             summary = json.loads(summary_file.read_text())
             if summary["values"].get("score_drift", {}).get("current") is None:
                 continue
-            k, window = summary["k"], days_ending(day["day"], len(summary_window(summary)))
+            first, last = summary["window"]
+            window = days_ending(last, (pd.Timestamp(last) - pd.Timestamp(first)).days + 1)
             files = [results / "recommendations" / f"{d}.parquet" for d in window]
             cur = pd.concat([pd.read_parquet(f) for f in files if f.is_file()])
             cur = cur[cur["model"].astype(str).str.startswith(summary["model"])].astype({"user_id": str, "partition": str})
             cur = cur[cur["partition"] == cur["user_id"].map(cur.groupby("user_id")["partition"].max())]
-            ref_users = user_scores(read_window(summary["reference"]).recs, k)
-            cur_users = user_scores(cur, k)
+            ref_users = user_scores(read_window(summary["reference"]).recs, summary["k"])
+            cur_users = user_scores(cur, summary["k"])
             d, p, q95 = permutation_p(ref_users, cur_users, args.draws, args.seed)
             assert abs(d - summary["values"]["score_drift"]["current"]) < 1e-6, "not the report's number"
             print(f"| {Path(replay).parent.name} | {day['day']} | {d:.3f} | {len(ref_users)} / {len(cur_users)} | "
                   f"{p:.3f} | {q95:.3f} | {'drift: ' + ', '.join(day['failing']) if day['failing'] else 'ok'} |")
-
-
-def summary_window(summary: dict) -> list[str]:
-    first, last = summary["window"]
-    return days_ending(last, (pd.Timestamp(last) - pd.Timestamp(first)).days + 1)
 
 
 if __name__ == "__main__":

@@ -177,7 +177,11 @@ def paired_bootstrap(ranks_a, ranks_b, metric_name: str, n_boot: int = 1000, see
         raise ValueError(f"paired_bootstrap: rank arrays differ in length ({len(a)} vs {len(b)}): not paired")
     if n_boot < 1:
         raise ValueError(f"paired_bootstrap: n_boot must be >= 1, got {n_boot}")
-    d = a - b  # (U,)
+    return bootstrap_mean_ci(a - b, n_boot, seed)
+
+
+def bootstrap_mean_ci(d: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
+    """{diff, lo, hi}: the mean of per-user differences d (U,) and its 95% percentile CI, users resampled."""
     rng = np.random.default_rng(seed)
     means = np.empty(n_boot)
     chunk = max(1, 2_000_000 // len(d))  # bound the (chunk, U) index matrix
