@@ -18,6 +18,11 @@ what they turned to in the span) from that history; and as delayed ground truth 
   same history rule, same truth horizon. One difference remains and is known: the reference's truth
   items were training interactions (leave-one-out trains on all but each user's last two), so its
   NDCG@k is optimistic; `max_ndcg_drop` is calibrated on honest periods after the cutoff with that in.
+- The **probe** (`probe_window`): the reference window's users re-scored by the model at monitoring time,
+  same histories. The score drift rule compares its scores with the reference's: 0 exactly while the model
+  behaves as it did, so it measures the model, not who came (current users' scores differ from reference
+  users' with the model unchanged — issue 17's held-out tails: 4 of 63 windows judged drift that way). Who
+  comes is what the input rules (history length, recent popularity, unknown items, cold users) judge.
 
 Histories, the active users and the truth come from the serving side's HistoryStore (the splits' filters
 and order): the one history query. Days come from slmrec.days.
@@ -79,6 +84,13 @@ def window_lists(rec, days: list[str], k: int) -> pd.DataFrame:
         columns=["user_id", "rank", "item_id", "score", "model", "partition"])
 
 
+def latest_lists(lists: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """Each user's latest list of a span (by `partition`), and user -> that partition."""
+    lists = lists.astype({"user_id": str, "partition": str})
+    latest = lists.groupby("user_id")["partition"].max()
+    return lists[lists["partition"] == lists["user_id"].map(latest)], latest
+
+
 def assemble_window(lists: pd.DataFrame, rec, days: list[str], popularity: dict[str, float], truth_days: int,
                     truth_end: int | None = None) -> Window:
     """The one window rule (module doc). `lists`: batch recommendations of `days` (column `partition`);
@@ -87,9 +99,7 @@ def assemble_window(lists: pd.DataFrame, rec, days: list[str], popularity: dict[
     from slmrec.serve.challenge import serving_ranks
     from slmrec.serve.history import active_users
 
-    lists = lists.astype({"user_id": str, "partition": str})
-    latest = lists.groupby("user_id")["partition"].max()
-    lists = lists[lists["partition"] == lists["user_id"].map(latest)]
+    lists, latest = latest_lists(lists)
     start, _ = day_bounds(days[0])
     _, end = day_bounds(days[-1])
     store = rec.history
@@ -130,6 +140,18 @@ def reference_window(rec, splits_dir: str | Path, cfg: MonitoringConfig) -> Wind
     return assemble_window(lists, rec, days, item_popularity(train_interactions(splits)), cfg.truth_days, end)
 
 
+def probe_window(rec, cfg: MonitoringConfig) -> Window:
+    """The model's reference users re-scored now: the lists `rec` makes today for the users of its reference
+    span, each with the history as of the end of their list's day — the same users and histories as the
+    reference window's lists, so a model that behaves as it did when its reference was built gives the same
+    scores exactly (the score drift rule compares these; a damaged or swapped model moves them, a change in
+    who comes does not). Lists only: no truth, no inputs."""
+    lists = window_lists(rec, reference_days(rec.sources.splits_dir, cfg), cfg.k)
+    if lists.empty:
+        raise ValueError("no active user the model can serve in its reference span: nothing to probe")
+    return Window(recs=latest_lists(lists)[0][["user_id", "rank", "item_id", "score"]])
+
+
 def reference_key(model_hash: str, cfg: MonitoringConfig) -> str:
     """<model hash[:16]>-<what else determines the reference>: the rule version, k, window and truth days."""
     spec = json.dumps({"rule": REFERENCE_RULE, "k": cfg.k, "window_days": cfg.window_days,
@@ -165,9 +187,10 @@ def ensure_reference(model_dir: str | Path, reference_dir: str | Path, cfg: Moni
 
 
 def monitor_windows(reference: Window, current: Window, train: pd.DataFrame, cfg: MonitoringConfig,
-                    out_dir: str | Path, extra: dict | None = None) -> dict:
-    """Report + verdict, saved under out_dir; returns the summary (also in out_dir/summary.json)."""
-    report = monitor(reference, current, train, cfg)
+                    out_dir: str | Path, extra: dict | None = None, probe: Window | None = None) -> dict:
+    """Report + verdict, saved under out_dir; returns the summary (also in out_dir/summary.json).
+    `probe`: the reference users re-scored by the model now (probe_window); None = no score drift rule."""
+    report = monitor(reference, current, train, cfg, probe=probe)
     verdict = judge(report, cfg)
     summary = {"verdict": verdict.to_dict(), "verdict_markdown": verdict.markdown(), **(extra or {})}
     paths = save_report(report, out_dir, summary)
@@ -206,4 +229,4 @@ def monitor_day(day: str, recs_dir: str | Path, model_dir: str | Path, reference
     days = days_ending(day, cfg.window_days)
     return monitor_windows(reference, current, train, cfg, out_dir or Path(cfg.out_dir) / day,
                            {"partition": day, "window": [days[0], day], "model": model,
-                            "reference": str(reference_file)})
+                            "reference": str(reference_file)}, probe=probe_window(rec, cfg))

@@ -1,4 +1,5 @@
-"""`slmrec monitor` (compare two windows) and `slmrec monitor-reference` (a model's reference window)."""
+"""`slmrec monitor` (compare two windows), `slmrec monitor-reference` (a model's reference window) and
+`slmrec monitor-probe` (its reference users re-scored by the model now: what the score drift rule reads)."""
 
 from __future__ import annotations
 
@@ -44,8 +45,9 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         current = from_serving_log(log)
     else:
         current = read_window(args.current)
+    probe = read_window(args.probe) if args.probe else None
     summary = monitor_windows(reference, current, read_train(args.train), cfg, args.out,
-                              {"reference": args.reference, "current": args.current})
+                              {"reference": args.reference, "current": args.current, "probe": args.probe}, probe=probe)
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     else:
@@ -65,6 +67,17 @@ def cmd_reference(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from slmrec.monitor.build import load_recommender, probe_window
+    from slmrec.monitor.window import write_window
+
+    cfg = _config(args)
+    window = probe_window(load_recommender(args.model, args.splits, args.db), cfg)
+    path = write_window(window, args.out)
+    print(json.dumps({"probe": str(path), "users": window.users}) if args.json else f"wrote: {path} ({window.users} users)")
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "monitor",
@@ -77,6 +90,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--current", required=True, help="current window, or with --current-log a serving log folder")
     p.add_argument("--current-log", action="store_true", help="--current is a serving log folder (Parquet files)")
     p.add_argument("--train", required=True, help="the model's training interactions: splits folder or Parquet")
+    p.add_argument("--probe", help="the reference users re-scored by the model now (slmrec monitor-probe); without "
+                   "it the score drift rule is skipped")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--params", default="params.yaml" if Path("params.yaml").is_file() else None)
     p.add_argument("--k", type=int, help="override monitoring.k")
@@ -85,12 +100,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_monitor)
 
     r = sub.add_parser("monitor-reference", help="a model's reference window (the window rule over its last training days)")
-    r.add_argument("--model", required=True, help="model directory")
-    r.add_argument("--splits", help="splits folder (default: from the model's lineage card)")
-    r.add_argument("--db", help="DuckDB store (default: from the model's lineage card)")
     r.add_argument("--out-dir", help="default monitoring.reference_dir; the file is <model hash[:16]>.parquet")
-    r.add_argument("--params", default="params.yaml" if Path("params.yaml").is_file() else None)
-    r.add_argument("--k", type=int)
-    r.add_argument("--json", action="store_true")
-    r.set_defaults(func=cmd_reference)
+    _model_arguments(r, cmd_reference)
 
+    q = sub.add_parser("monitor-probe", help="a model's reference users re-scored by it now (the score drift rule's "
+                       "input: same users and histories as its reference window)")
+    q.add_argument("--out", required=True, help="window file to write (Parquet)")
+    _model_arguments(q, cmd_probe)
+
+
+def _model_arguments(p: argparse.ArgumentParser, func) -> None:
+    """What the commands that load a model share: the model, its data (default: its lineage card), params."""
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--splits", help="splits folder (default: from the model's lineage card)")
+    p.add_argument("--db", help="DuckDB store (default: from the model's lineage card)")
+    p.add_argument("--params", default="params.yaml" if Path("params.yaml").is_file() else None)
+    p.add_argument("--k", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=func)

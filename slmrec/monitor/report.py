@@ -4,14 +4,17 @@
     report.values["ndcg@10"]            # {"reference": 0.061, "current": 0.044}
     save_report(report, "results/monitoring/1998-03-01")   # report.html, inputs.html, evidently.json, summary.json
 
-Two Evidently datasets per window, two reports, nothing synthetic in either:
+Three Evidently datasets, three reports, nothing synthetic in any:
 - **recommendations** (`ranking_frame`): the top-K rows (rank 1..K, score, target = in the ground truth) and
   the ground-truth items the list missed, each at the rank the model really gave it over the catalogue
   (the window's `truth.rank`; score empty). Every relevant item sits at its true rank, so NDCG@i, HitRate@i
   and Recall@i are exact at every cut-off i Evidently draws (1..max(k, 10)) — no jump past K. Quality,
-  popularity bias, personalization, novelty and the score drift run on it (report.html).
+  popularity bias, personalization and novelty run on it (report.html).
 - **inputs** (`inputs_frame`): one row per user (history_len, unknown_share, cold_start, recent_popularity):
   the input means and the input drifts (inputs.html).
+- **probe** (the reference users re-scored by the model now, slmrec.monitor.build.probe_window): the score
+  drift, ValueDrift(score) of the probe's top-K scores against the reference's (probe.html). Same users, same
+  histories: 0 while the model behaves as it did when its reference was built.
 
 Every drift metric gets `threshold=` from params.yaml, so the HTML's "drift detected / not detected" is the
 verdict's rule (slmrec/monitor/verdict.py) on the same number.
@@ -139,7 +142,7 @@ def inputs_frame(window: Window) -> pd.DataFrame:
     return window.inputs.reindex(columns=["user_id", *[c for c in INPUT_NUMERIC if c in window.inputs.columns]])
 
 
-def _metrics(k: int, cfg: MonitoringConfig, quality: bool, drift: bool, html: bool = False) -> dict[str, object]:
+def _metrics(k: int, quality: bool, html: bool = False) -> dict[str, object]:
     """Our name -> Evidently metric on the recommendations dataset. `html`: the set shown in the report (one
     popularity widget: the ARP, coverage and Gini variants render the same three counters), else the set the
     values are read from."""
@@ -151,10 +154,13 @@ def _metrics(k: int, cfg: MonitoringConfig, quality: bool, drift: bool, html: bo
         m.update({"coverage": PopularityBiasMetric(k=k, metric="coverage"),
                   "gini": PopularityBiasMetric(k=k, metric="gini")})
     m.update({"personalization": Personalization(k=k), "novelty": Novelty(k=k)})
-    if drift:
-        m["score_drift"] = ValueDrift(column="score", method=cfg.score_drift_method,
-                                      threshold=cfg.score_drift_threshold)
     return m
+
+
+def _probe_metrics(cfg: MonitoringConfig) -> dict[str, object]:
+    """Our name -> Evidently metric on the probe (current) against the reference's lists."""
+    return {"probe_rows": RowCount(),
+            "score_drift": ValueDrift(column="score", method=cfg.score_drift_method, threshold=cfg.score_drift_threshold)}
 
 
 def _input_metrics(cfg: MonitoringConfig, popularity: bool, drift: bool) -> dict[str, object]:
@@ -209,6 +215,7 @@ class MonitorReport:
     counts: dict[str, int]  # users / users with ground truth, per window
     snapshot: object = field(repr=False)  # the Evidently snapshot of the recommendations (current vs reference)
     inputs_snapshot: object = field(default=None, repr=False)  # the inputs' snapshot (None: no inputs)
+    probe_snapshot: object = field(default=None, repr=False)  # the probe's snapshot (None: no probe)
     metric_names: dict[str, str] = field(default_factory=dict)  # our name -> Evidently's metric name
 
     def value(self, name: str, side: str = "current") -> float | None:
@@ -219,14 +226,18 @@ def _key(name: str, k: int) -> str:
     return f"{name}@{k}" if name in QUALITY else name
 
 
-def monitor(reference: Window, current: Window, train: pd.DataFrame, cfg: MonitoringConfig) -> MonitorReport:
+def monitor(reference: Window, current: Window, train: pd.DataFrame, cfg: MonitoringConfig,
+            probe: Window | None = None) -> MonitorReport:
     """Run the Evidently report of `current` against `reference`; `train` = the model's training interactions
-    (user_id, item_id), the popularity that ARP, coverage and novelty are measured against."""
+    (user_id, item_id), the popularity that ARP, coverage and novelty are measured against; `probe` = the
+    reference users re-scored by the model now (the score drift; None: no score drift value)."""
     k = cfg.k
     train = train[["user_id", "item_id"]].astype(str)
     if train.empty:
         raise ValueError("training interactions are empty: popularity bias and novelty need them")
-    for name, w in (("reference", reference), ("current", current)):
+    for name, w in (("reference", reference), ("current", current), ("probe", probe)):
+        if w is None:
+            continue
         if w.users == 0:
             raise ValueError(f"the {name} window holds no recommendation lists")
     inputs = reference.inputs is not None and current.inputs is not None
@@ -234,13 +245,18 @@ def monitor(reference: Window, current: Window, train: pd.DataFrame, cfg: Monito
     quality = all(w.truth_users > 0 and (f["target"] > 0).any() for w, f in ((reference, ref_frame), (current, cur_frame)))
 
     # the reports a user reads: current against reference, with the drift metrics
-    shown = _metrics(k, cfg, quality, drift=True, html=True)
+    shown = _metrics(k, quality, html=True)
     snapshot = _run(cur_frame, ref_frame, train, shown)
     # the values: each window alone as the current data, so both go through the same formulas (module doc)
-    single = _metrics(k, cfg, quality, drift=False)
+    single = _metrics(k, quality)
     runs = [(single, _run(cur_frame, None, train, single).metric_results,
              _run(ref_frame, None, train, single).metric_results)]
-    drift_runs = [(shown, snapshot.metric_results)]
+    drift_runs = []
+    probe_snapshot = None
+    if probe is not None:
+        shown_probe = _probe_metrics(cfg)
+        probe_snapshot = _run(ranking_frame(probe, k), ref_frame, train, shown_probe)
+        drift_runs.append((shown_probe, probe_snapshot.metric_results))
     inputs_snapshot = None
     if inputs:
         popularity = all("recent_popularity" in w.inputs.columns for w in (reference, current))
@@ -273,10 +289,11 @@ def monitor(reference: Window, current: Window, train: pd.DataFrame, cfg: Monito
         "reference_truth_users": reference.truth_users, "current_truth_users": current.truth_users,
         "reference_input_users": 0 if reference.inputs is None else len(reference.inputs),
         "current_input_users": 0 if current.inputs is None else len(current.inputs),
+        "probe_users": 0 if probe is None else probe.users,
     }
     counts["current_list_conflicts"], counts["current_truth_items"] = list_conflicts(current, k)
     return MonitorReport(k=k, values=values, counts=counts, snapshot=snapshot, metric_names=names,
-                         inputs_snapshot=inputs_snapshot)
+                         inputs_snapshot=inputs_snapshot, probe_snapshot=probe_snapshot)
 
 
 def _clean(x: float | None) -> float | None:
@@ -285,19 +302,23 @@ def _clean(x: float | None) -> float | None:
 
 def save_report(report: MonitorReport, out_dir: str | Path, summary: dict) -> dict[str, Path]:
     """report.html + evidently.json (the recommendations), inputs.html + inputs.json (when the windows carry
-    inputs; Evidently's own) and summary.json (our values, counts and `summary`)."""
+    inputs), probe.html + probe.json (the score drift, when there is a probe; Evidently's own) and summary.json
+    (our values, counts and `summary`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"html": out / "report.html", "evidently_json": out / "evidently.json", "summary": out / "summary.json"}
-    if report.inputs_snapshot is not None:
-        paths.update(inputs_html=out / "inputs.html", inputs_json=out / "inputs.json")
-    for p in [*paths.values(), out / "inputs.html", out / "inputs.json"]:
+    optional = {"inputs": report.inputs_snapshot, "probe": report.probe_snapshot}
+    for name, snap in optional.items():
+        if snap is not None:
+            paths.update({f"{name}_html": out / f"{name}.html", f"{name}_json": out / f"{name}.json"})
+    for p in [*paths.values(), *(out / f"{name}.{ext}" for name in optional for ext in ("html", "json"))]:
         p.unlink(missing_ok=True)
     report.snapshot.save_html(str(paths["html"]))  # str: a Path is silently ignored by evidently 0.7.23
     report.snapshot.save_json(str(paths["evidently_json"]))
-    if report.inputs_snapshot is not None:
-        report.inputs_snapshot.save_html(str(paths["inputs_html"]))
-        report.inputs_snapshot.save_json(str(paths["inputs_json"]))
+    for name, snap in optional.items():
+        if snap is not None:
+            snap.save_html(str(paths[f"{name}_html"]))
+            snap.save_json(str(paths[f"{name}_json"]))
     body = {"k": report.k, "values": report.values, "counts": report.counts,
             "evidently_metrics": report.metric_names, **summary}
     paths["summary"].write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")

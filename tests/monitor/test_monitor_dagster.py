@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 import pytest
 import yaml
 
@@ -44,7 +45,7 @@ def project(pipeline, tmp_path_factory):
     params["sequences"]["out_dir"] = str(pipeline / "splits")
     params["serve"]["models_dir"] = str(pipeline / "models")  # the promotion record names the fixture's model
     params["monitoring"].update(k=K, min_users=5, window_days=1, truth_days=3, retrain_cooldown_hours=24.0,
-                                score_drift_threshold=1e9, input_drift_threshold=1e9, max_popularity_change=1e9,
+                                input_drift_threshold=1e9, max_popularity_change=1e9,
                                 recent_popularity_threshold=1e9, max_ndcg_drop=1.0, max_drift_retrains=2)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (root / "models").mkdir()
@@ -125,10 +126,22 @@ def test_monitoring_asset_and_drift_check_and_sensor(project, monkeypatch):
         assert summary["partition"] == QUIET and summary["counts"]["current_users"] >= 5
         assert summary["values"][f"ndcg@{K}"]["current"] is not None  # later days are in: quality is measured
         assert summary["values"]["unknown_item_share"]["current"] == 0.0
+        # the probe: the model's reference users re-scored through the asset now score exactly as in the
+        # reference (params.yaml's score threshold applies), and the score drift has its own Evidently page
+        assert summary["values"]["score_drift"]["current"] == 0.0 and summary["counts"]["probe_users"] > 0
+        assert Path(meta["probe_html"].value).stat().st_size > 10_000
         assert check.passed and meta["verdict"].value == "ok", check.description
         # the reference is the same rule over the model's last training days: one file per model and rule
         (ref,) = (project / "results/monitoring/reference").glob("*.parquet")
         assert summary["counts"]["reference_truth_users"] > 0 and ref.stem.count("-") == 1
+        # `slmrec monitor-probe` makes the same probe from the command line: the reference's lists, score for score
+        from slmrec.cli import main
+        from slmrec.monitor.window import read_window
+
+        model = json.loads((project / "models/promoted.json").read_text())["path"]
+        assert main(["monitor-probe", "--model", model, "--db", str(project / "data/warehouse.duckdb"),
+                     "--params", str(project / "params.yaml"), "--out", str(project / "probe.parquet")]) == 0
+        pd.testing.assert_frame_equal(read_window(project / "probe.parquet").recs, read_window(ref).recs)
 
         clock = [1_000_000.0]
         monkeypatch.setattr(drift_sensors, "now", lambda: clock[0])

@@ -4,6 +4,7 @@ training interactions: item a by 4 users, b by 2, c by 1, d by 1 (4 users, 4 ite
 reference lists:  u1: a b c   u2: a b c     truth: u1 -> a (rank 1), u2 -> c (rank 3)
 current lists:    u1: a b c   u2: a e g     truth: u1 -> b (rank 2), u2 -> f (not listed: the model ranked it
                                             5th), u3 -> x (no list)
+probe (the reference users re-scored by the model now): u1: a b c   u2: a e g, with the current scores
 """
 
 import dataclasses
@@ -49,11 +50,12 @@ CURRENT = Window(
     truth=pd.DataFrame({"user_id": ["u1", "u2", "u3"], "item_id": ["b", "f", "x"], "rank": [2, 5, 7]}),
     inputs=inputs([("u1", 4, 0.25, 0.0, 0.1), ("u2", 2, 1.0, 1.0, 0.0)]),
 )
+PROBE = Window(recs=recs({"u1": ["a", "b", "c"], "u2": ["a", "e", "g"]}, CUR_SCORES))
 
 
 @pytest.fixture(scope="module")
 def report():
-    return monitor(REFERENCE, CURRENT, TRAIN, CFG)
+    return monitor(REFERENCE, CURRENT, TRAIN, CFG, probe=PROBE)
 
 
 def test_ranking_frame_holds_lists_and_missed_truth_at_its_true_rank_and_nothing_else():
@@ -95,7 +97,7 @@ def test_quality_metrics_match_hand_computed_values(report):
     assert v["recall@3"] == {"reference": pytest.approx(1.0), "current": pytest.approx(0.5)}
     assert report.counts == {"reference_users": 2, "current_users": 2, "reference_truth_users": 2,
                              "current_truth_users": 2, "reference_input_users": 2, "current_input_users": 2,
-                             "current_list_conflicts": 0, "current_truth_items": 2}
+                             "probe_users": 2, "current_list_conflicts": 0, "current_truth_items": 2}
 
 
 def test_list_metrics_match_hand_computed_values(report):
@@ -121,7 +123,8 @@ def test_list_metrics_match_hand_computed_values(report):
 
 def test_drift_and_input_values_match_hand_computed_values(report):
     v = report.values
-    # normed Wasserstein: mean |sorted difference| / population std of the reference scores
+    # normed Wasserstein of the probe's scores to the reference's: mean |sorted difference| / population std of
+    # the reference scores
     expected = np.mean(np.abs(np.sort(CUR_SCORES) - np.sort(REF_SCORES))) / np.std(REF_SCORES)
     assert v["score_drift"]["current"] == pytest.approx(expected)  # 0.15 / 0.1708
     assert v["score_drift"]["reference"] is None
@@ -162,12 +165,30 @@ def test_verdict_names_each_failing_rule(report):
 
 
 def test_same_window_is_no_drift_and_few_users_skip_list_rules():
-    same = monitor(REFERENCE, REFERENCE, TRAIN, CFG)
+    same = monitor(REFERENCE, REFERENCE, TRAIN, CFG, probe=REFERENCE)
     verdict = judge(same, CFG)
     assert not verdict.drift and verdict.status == "ok" and {r.status for r in verdict.rules} == {"pass"}
     strict = dataclasses.replace(CFG, min_users=3)  # 2 current users < 3: no verdict on lists or quality
-    skipped = {r.name for r in judge(monitor(REFERENCE, CURRENT, TRAIN, strict), strict).rules if r.status == "skipped"}
-    assert skipped == {"score_drift", "history_len_drift", "recent_popularity_drift", "ndcg_drop", "popularity_shift"}
+    skipped = {r.name for r in judge(monitor(REFERENCE, CURRENT, TRAIN, strict, probe=PROBE), strict).rules
+               if r.status == "skipped"}
+    # the probe is the reference's own users: the score rule does not depend on how many came today
+    assert skipped == {"history_len_drift", "recent_popularity_drift", "ndcg_drop", "popularity_shift"}
+
+
+def test_score_drift_judges_the_model_on_the_reference_users_not_who_came_today():
+    """An unchanged model re-scores its reference users exactly as before: 0, whatever today's users' scores are
+    (CURRENT's users score lower, which the old rule — current against reference users — judged 0.878, drift).
+    A damaged model moves the same users' scores: drift. No probe: the rule is skipped, never a pass."""
+    unchanged = monitor(REFERENCE, CURRENT, TRAIN, CFG, probe=REFERENCE)
+    rule = next(r for r in judge(unchanged, CFG).rules if r.name == "score_drift")
+    assert rule.value == 0.0 and rule.status == "pass"
+    damaged = Window(recs=REFERENCE.recs.assign(score=REFERENCE.recs["score"] * 2))  # same lists, scores doubled
+    rule = next(r for r in judge(monitor(REFERENCE, CURRENT, TRAIN, CFG, probe=damaged), CFG).rules
+                if r.name == "score_drift")
+    # sorted differences = the reference scores themselves: mean 0.65, over the reference std 0.1708
+    assert rule.value == pytest.approx(np.mean(REF_SCORES) / np.std(REF_SCORES)) and rule.status == "fail"
+    rule = next(r for r in judge(monitor(REFERENCE, CURRENT, TRAIN, CFG), CFG).rules if r.name == "score_drift")
+    assert rule.status == "skipped" and "no probe" in rule.reason
 
 
 def test_a_window_where_every_rule_was_skipped_is_insufficient_data_not_ok():
@@ -206,8 +227,10 @@ def test_saved_report_files_and_window_round_trip(tmp_path, report):
     assert summary["verdict"]["drift"] and summary["values"]["ndcg@3"]["reference"] == pytest.approx(0.75)
     shown = json.loads(paths["evidently_json"].read_text())["metrics"]
     shown_inputs = json.loads(paths["inputs_json"].read_text())["metrics"]
-    # RowCount twice + every value, except coverage and Gini: the one popularity widget shows all three
-    assert len(shown) + len(shown_inputs) == 2 + len(report.values) - 2
+    shown_probe = json.loads(paths["probe_json"].read_text())["metrics"]
+    # RowCount three times + every value, except coverage and Gini: the one popularity widget shows all three
+    assert len(shown) + len(shown_inputs) + len(shown_probe) == 3 + len(report.values) - 2
+    assert paths["probe_html"].stat().st_size > 10_000
 
     write_window(CURRENT, tmp_path / "w.parquet")
     back = read_window(tmp_path / "w.parquet")
@@ -254,15 +277,17 @@ def test_serving_log_becomes_a_window_with_inputs():
 
 @pytest.mark.parametrize("threshold", [0.5, 1.0])
 def test_the_html_says_drift_exactly_where_the_verdict_fails_the_rule(tmp_path, threshold):
-    """Evidently's own drift sentence uses our threshold: score drift 0.878 fails at 0.5 and passes at 1.0."""
+    """Evidently's own drift sentence uses our threshold: score drift 0.878 fails at 0.5 and passes at 1.0. It is
+    on the probe's page; the recommendations page shows no score drift of other users."""
     import re
 
     cfg = dataclasses.replace(CFG, score_drift_threshold=threshold)
-    report = monitor(REFERENCE, CURRENT, TRAIN, cfg)
+    report = monitor(REFERENCE, CURRENT, TRAIN, cfg, probe=PROBE)
     rule = next(r for r in judge(report, cfg).rules if r.name == "score_drift")
-    html = save_report(report, tmp_path, {})["html"].read_text()
-    said = re.findall(r"drift (not )?detected\. Drift detection method: Wasserstein distance \(normed\)", html)
-    assert said == [("not " if rule.status == "pass" else "")]
+    paths = save_report(report, tmp_path, {})
+    sentence = r"drift (not )?detected\. Drift detection method: Wasserstein distance \(normed\)"
+    assert re.findall(sentence, paths["probe_html"].read_text()) == [("not " if rule.status == "pass" else "")]
+    assert re.findall(sentence, paths["html"].read_text()) == []
     assert rule.status == ("fail" if threshold == 0.5 else "pass")
 
 

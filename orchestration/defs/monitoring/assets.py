@@ -6,7 +6,8 @@
 The asset is a thin shell over slmrec.monitor.build: it finds the promoted deployment
 (promotion.record), builds that model's reference window once (monitoring.reference_dir; the same window
 rule over its last training days), monitors the partition's window (monitoring.window_days of lists,
-delayed ground truth, inputs) and writes report.html / inputs.html / evidently.json / summary.json under
+delayed ground truth, inputs; the probe: its reference users re-scored now) and writes report.html /
+inputs.html / probe.html / evidently.json / summary.json under
 monitoring.out_dir/<partition>. The verdict is our rule set (slmrec/monitor/verdict.py) over the report's
 values, thresholds in params.yaml `monitoring:`. It goes into the materialization's metadata (`verdict`:
 drift | ok | insufficient data, the failing rules and values: what retrain_on_drift reads) and into the
@@ -55,13 +56,14 @@ def promoted_model_dir(pipeline: DvcPipeline):
     kinds={"evidently", "html"},
     check_specs=[dg.AssetCheckSpec(DRIFT_CHECK, asset="recommendation_monitoring",
                                    description="Drift verdict over the report's values (thresholds in params.yaml "
-                                   "monitoring:): score / history-length / recent-popularity drift, unknown-item and "
+                                   "monitoring:): score drift (the reference users re-scored now) / history-length / recent-popularity drift, unknown-item and "
                                    "cold-start shares, NDCG@k drop once ground truth is in, popularity shift. Drift: "
                                    "ERROR; every rule skipped: WARN (insufficient data).")],
     description="Evidently report of the promoted model's recommendations for this day (the lists of the last "
     "monitoring.window_days days) against its reference window (the same rule over its last training days): NDCG/HitRate/"
     "Recall@k once later interactions arrived, popularity bias (ARP, coverage, Gini), personalization, novelty, "
-    "score drift and input drift. HTML + JSON under monitoring.out_dir/<day>.",
+    "input drift, and the score drift of the reference users re-scored by the model now (probe.html). HTML + JSON "
+    "under monitoring.out_dir/<day>.",
 )
 def recommendation_monitoring(context: dg.AssetExecutionContext, pipeline: DvcPipeline):
     params = pipeline.params()
@@ -84,6 +86,7 @@ def recommendation_monitoring(context: dg.AssetExecutionContext, pipeline: DvcPi
         metadata={
             "report_html": dg.MetadataValue.path(summary["files"]["html"]),
             "report_url": dg.MetadataValue.url("file://" + summary["files"]["html"]),
+            "probe_html": dg.MetadataValue.path(summary["files"]["probe_html"]),
             "evidently_json": dg.MetadataValue.path(summary["files"]["evidently_json"]),
             "summary_json": dg.MetadataValue.path(summary["files"]["summary"]),
             "verdict": dg.MetadataValue.text(verdict["status"]),
