@@ -104,13 +104,15 @@ chromium:
 	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
 
 ## Monitoring replay on ML-100K through the Dagster definitions (README "Monitoring"): calibrate the thresholds on
-## honest Dec 1997 + Jan 1998, count false alarms on honest Nov 1997 and Feb, Mar, Apr 1998 and on the held-out month
-## tails (days 22+, which no other replay monitors), then plant each shift in Feb 1998
+## honest Dec 1997 + Jan 1998, count false alarms on honest Nov 1997 and Feb, Mar, Apr 1998, on the held-out month
+## tails (days 22+, which no other replay monitors) and on 1997-10-01..14 (no replay had monitored it before the
+## probe score rule; registered before it ran), then plant each shift in Feb 1998
 REPLAY := OMP_NUM_THREADS=1 $(BIN)/python -m orchestration.replay
 replay: install
 	for c in 1997-12-01 1998-01-01; do $(REPLAY) calibrate --cutoff $$c --start $$c --days 21 --out results/replay/calibration/$$c; done
 	$(REPLAY) thresholds --from results/replay/calibration/1997-12-01/replay.json results/replay/calibration/1998-01-01/replay.json --out results/replay/thresholds.json
 	for c in 1997-11-01 1998-02-01 1998-03-01 1998-04-01; do $(REPLAY) run --scenario honest --cutoff $$c --start $$c --days 21 --thresholds results/replay/thresholds.json --out results/replay/honest/$$c; done
 	for t in 1997-10-15:17 1997-11-22:9 1997-12-22:10 1998-01-22:10 1998-02-22:7 1998-03-22:10; do c=$${t%%:*}; $(REPLAY) run --scenario honest --cutoff $$c --start $$c --days $${t##*:} --thresholds results/replay/thresholds.json --out results/replay/heldout/$$c; done
+	$(REPLAY) run --scenario honest --cutoff 1997-10-01 --start 1997-10-01 --days 14 --thresholds results/replay/thresholds.json --out results/replay/unseen/1997-10-01
 	for s in cold_ids taste popularity degraded pipeline; do $(REPLAY) run --scenario $$s --cutoff 1998-02-01 --start 1998-02-01 --days 21 --shift-day 8 --thresholds results/replay/thresholds.json --out results/replay/$$s; done
 	$(REPLAY) table --from results/replay --out results/replay/table.md

@@ -537,10 +537,16 @@ def _stops(alerts: list[dict]) -> str:
     return ", ".join(f"{n} × {k}" for k, n in counts.items()) or "—"
 
 
+# the honest periods of a campaign folder, by how far they are held out (README "Replay on real data")
+PERIODS = {"honest": "honest period (model cut at its start)",
+           "heldout": "held-out honest period: a month's tail no earlier replay monitored",
+           "unseen": "honest period no replay had monitored, registered before it ran"}
+
+
 def results_table(folder: str | Path) -> str:
     """The README table from a campaign folder (make replay): false alarms, then each shift's detection."""
     folder = Path(folder)
-    for f in [*sorted((folder / "honest").glob("*/replay.json")), *sorted((folder / "heldout").glob("*/replay.json")),
+    for f in [*(f for kind in PERIODS for f in sorted((folder / kind).glob("*/replay.json"))),
               *sorted(folder.glob("*/replay.json"))]:
         r = json.loads(f.read_text())  # the plots too, from the recorded rows
         c = r["config"]
@@ -548,8 +554,7 @@ def results_table(folder: str | Path) -> str:
             r["days"], f"replay {c['scenario']} from {c['start']}: each rule's value / its threshold",
             r["monitoring"], c["shift_day"] if c["scenario"] != "honest" else None))
     lines = []
-    for kind, title in (("honest", "honest period (model cut at its start)"),
-                        ("heldout", "held-out honest period: a month's tail no earlier replay monitored")):
+    for kind, title in PERIODS.items():
         runs = sorted((folder / kind).glob("*/replay.json"))
         if not runs:
             continue

@@ -5,8 +5,9 @@ checked against the verdict before they are written (not a test; docs/screenshot
 
 Reads the day's summary.json (our verdict) and fails unless every drift sentence Evidently renders agrees
 with it: "drift not detected" for each passing drift rule, "drift detected" for each failing one. Then writes
-<out>/monitoring_report.png (report.html: quality curves, lists, score drift) and
-<out>/monitoring_inputs.png (inputs.html: input means and drifts).
+<out>/monitoring_report.png (report.html: quality curves, lists; no drift metric),
+<out>/monitoring_inputs.png (inputs.html: input means and drifts) and <out>/monitoring_probe.png (probe.html:
+the score drift of the model's reference users re-scored on that day).
 """
 
 import argparse
@@ -34,11 +35,13 @@ def main(argv=None) -> int:
     rules = {r["name"]: r["status"] for r in summary["verdict"]["rules"]}
     args.out.mkdir(parents=True, exist_ok=True)
     with Browser(size=(1400, 1000)) as browser:
-        for page, name, drifts in (("report.html", "monitoring_report.png", ["score_drift"]),
-                                   ("inputs.html", "monitoring_inputs.png",
-                                    ["history_len_drift", "recent_popularity_drift"])):
+        for page, name, drifts, shown in (
+                ("report.html", "monitoring_report.png", [], "Novelty"),
+                ("inputs.html", "monitoring_inputs.png", ["history_len_drift", "recent_popularity_drift"],
+                 "Drift detection method"),
+                ("probe.html", "monitoring_probe.png", ["score_drift"], "Drift detection method")):
             browser.open((args.day_dir / page).resolve().as_uri())
-            browser.wait_for("document.body.innerText.includes('Drift detection method')", timeout_s=120, settle_s=2)
+            browser.wait_for(f"document.body.innerText.includes('{shown}')", timeout_s=120, settle_s=2)
             said = rendered_drifts(browser.text())
             expected = [rules[d] == "fail" for d in drifts if d in summary["values"]]
             if said != expected:
