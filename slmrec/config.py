@@ -61,6 +61,7 @@ class SASRecConfig:
     # issue 19: id (item ID embedding only) | id+text (ID embedding + a trainable map of the frozen item text
     # vector, for input and scoring: DESIGN.md §5's probe) | text (the mapped text vector alone)
     item_side: str = "id"
+    item_fusion: str = "sum"  # id+text: how the two views fuse (slmrec/models/item_side.py FUSIONS)
     # added (SASRec model): the MLP width and the init scale were implicit
     inner_size: int = 256  # MLP width; RecBole's default (4 x hidden)
     init_std: float = 0.02  # normal init of linear/embedding weights (RecBole's initializer_range)
@@ -90,7 +91,7 @@ class LLMRecConfig:
     # which item views the model reads and scores against (slmrec/models/item_side.py, issue 19):
     # id (the frozen SASRec table, the paper) | text (the item text table -> a trainable map) | id+text (fused)
     item_side: str = "id"
-    item_fusion: str = "sum"  # id+text: sum | gated | concat (concat-project); chosen on validation
+    item_fusion: str = "sum"  # id+text: sum | gated | concat (concat-project) | count; chosen on validation
     text_whiten: bool = False  # centre and whiten the text table (PCA whitening, UniSRec-style) before the map
     # id+text, training only: the share of items each step reads through their text alone (ID vector zeroed)
     item_id_dropout: float = 0.0

@@ -13,6 +13,9 @@ Sides (registered; one interface, no flag branches):
                 gated    e_id + g * T(text), g = sigmoid(W [e_id; T(text)] + b) per dimension (T starts at 0)
                 concat   W [e_id; T(text)] (concat-project; W starts as [I, 0]: the run starts at `id`;
                          T starts random, else W's text half and T would both get zero gradients)
+                count    e_id + g_i * T(text), g_i = sigmoid(w c_i + b) per dimension, c_i = the item's
+                         standardised log(1 + training count): how much text an item gets depends on how
+                         often it was seen (w, b start at 0: g = 0.5; T starts at 0)
 
 The text table is the `item_text` stage's output, prepared once by `prepare_text` (mean-centred over the
 items with text, then unit-norm rows — DESIGN.md §5's probe — or, with whitening, PCA-whitened as UniSRec
@@ -40,6 +43,8 @@ class TextInputs:
     # trained as a target (a cold item): id+text reads only its text view, and text sides leave it out of the
     # training softmax (exclude_unseen). None or all False: every item seen
     unseen: Tensor | None = None
+    # (n_items + 1,) long: how many training sequences hold each item (the `count` fusion reads it); None: unknown
+    counts: Tensor | None = None
 
     @classmethod
     def empty(cls, n_rows: int, d_text: int, unseen: bool = False) -> "TextInputs":
@@ -122,7 +127,7 @@ class TextSide(nn.Module):
 class SumFusion(nn.Module):
     text_starts_at_zero = True
 
-    def __init__(self, d_id: int):
+    def __init__(self, d_id: int, text: TextInputs):
         super().__init__()
 
     def forward(self, e: Tensor, t: Tensor) -> Tensor:
@@ -132,7 +137,7 @@ class SumFusion(nn.Module):
 class GatedFusion(nn.Module):
     text_starts_at_zero = True
 
-    def __init__(self, d_id: int):
+    def __init__(self, d_id: int, text: TextInputs):
         super().__init__()
         self.gate = nn.Linear(2 * d_id, d_id)
         nn.init.zeros_(self.gate.weight)
@@ -145,7 +150,7 @@ class GatedFusion(nn.Module):
 class ConcatFusion(nn.Module):
     text_starts_at_zero = False
 
-    def __init__(self, d_id: int):
+    def __init__(self, d_id: int, text: TextInputs):
         super().__init__()
         self.proj = nn.Linear(2 * d_id, d_id, bias=False)
         with torch.no_grad():
@@ -156,7 +161,39 @@ class ConcatFusion(nn.Module):
         return self.proj(torch.cat([e, t], -1))
 
 
-FUSIONS: dict[str, Callable[[int], nn.Module]] = {"sum": SumFusion, "gated": GatedFusion, "concat": ConcatFusion}
+class CountGatedFusion(nn.Module):
+    """e_id + g * T(text), g = sigmoid(c w + b), c = (log(1 + count) - mean) / std over the items (row 0 and
+    items added after training: count 0). Issue 19's buckets: the text view lifted popular targets and hurt
+    rare ones; this gate lets the model learn how much text an item gets from how often it was seen."""
+
+    text_starts_at_zero = True
+
+    def __init__(self, d_id: int, text: TextInputs):
+        super().__init__()
+        rows = text.table.shape[0]
+        counts = text.counts if text.counts is not None else torch.zeros(rows, dtype=torch.long)
+        if counts.shape != (rows,):
+            raise ValueError(f"item counts must be ({rows},), got {tuple(counts.shape)}")
+        logs = torch.log1p(counts.double()[1:])  # (n_items,)
+        mean, std = logs.mean(), logs.std(unbiased=False).clamp_min(1e-6)
+        self.register_buffer("count_feature", ((torch.log1p(counts.double()) - mean) / std).float())  # (rows,)
+        self.register_buffer("unseen_feature", (-mean / std).float().reshape(()))  # c of an item never seen
+        self.w = nn.Parameter(torch.zeros(d_id))
+        self.b = nn.Parameter(torch.zeros(d_id))
+
+    def gate(self) -> Tensor:
+        return torch.sigmoid(self.count_feature[:, None] * self.w + self.b)  # (n_items + 1, d_id)
+
+    def forward(self, e: Tensor, t: Tensor) -> Tensor:
+        return e + self.gate() * t
+
+    def extend(self, m: int) -> None:
+        """m items added after training: never seen, count 0."""
+        self.count_feature = torch.cat([self.count_feature, self.unseen_feature.expand(m)])
+
+
+FUSIONS: dict[str, Callable[[int, TextInputs], nn.Module]] = {
+    "sum": SumFusion, "gated": GatedFusion, "concat": ConcatFusion, "count": CountGatedFusion}
 
 
 class IdTextSide(nn.Module):
@@ -171,7 +208,7 @@ class IdTextSide(nn.Module):
         if not 0.0 <= id_dropout < 1.0:
             raise ValueError(f"item_id_dropout must be in [0, 1), got {id_dropout}")
         self.text = TextView(text, d_id, zero_init=FUSIONS[fusion].text_starts_at_zero)
-        self.fusion = FUSIONS[fusion](d_id)
+        self.fusion = FUSIONS[fusion](d_id, text)
         self.id_dropout = id_dropout
         _keep_unseen(self, text)
 
@@ -204,6 +241,9 @@ def extend_side(side: nn.Module, rows: Tensor) -> None:
         raise ValueError(f"new item text rows must be (m, {view.text.shape[1]}), got {tuple(rows.shape)}")
     n_before = view.text.shape[0]
     view.extend(rows)
+    fusion = getattr(side, "fusion", None)
+    if hasattr(fusion, "extend"):  # a fusion with per-item state (count) grows too
+        fusion.extend(len(rows))
     flags = getattr(side, "id_unseen", None)
     if flags is None:
         flags = torch.zeros(n_before, dtype=torch.bool, device=view.text.device)
@@ -228,13 +268,19 @@ def exclude_unseen(logits: Tensor, side: nn.Module) -> Tensor:
     return logits if flags is None else logits.masked_fill(flags, float("-inf"))  # (N, n_items + 1)
 
 
-def unseen_in(train: list[list[int]], n_items: int) -> Tensor:
-    """(n_items + 1,) bool: items that occur in no training sequence (row 0, padding, is False)."""
+def item_counts(train: list[list[int]], n_items: int) -> Tensor:
+    """(n_items + 1,) long: how many training sequences hold each item (row 0, padding, is 0)."""
     counts = torch.zeros(n_items + 1, dtype=torch.long)
     for seq in train:
         if seq:
-            counts[torch.as_tensor(seq)] += 1
-    unseen = counts == 0
+            counts[torch.as_tensor(sorted(set(seq)))] += 1
+    counts[0] = 0
+    return counts
+
+
+def unseen_in(train: list[list[int]], n_items: int) -> Tensor:
+    """(n_items + 1,) bool: items that occur in no training sequence (row 0, padding, is False)."""
+    unseen = item_counts(train, n_items) == 0
     unseen[0] = False
     return unseen
 
@@ -258,4 +304,4 @@ def build_item_side(name: str, d_id: int, text: TextInputs | None = None, fusion
 
 
 __all__ = ["ITEM_SIDES", "FUSIONS", "TextInputs", "TextView", "prepare_text", "build_item_side", "side_needs_text",
-           "unseen_items", "unseen_in", "exclude_unseen", "extend_side"]
+           "unseen_items", "unseen_in", "item_counts", "exclude_unseen", "extend_side"]

@@ -37,7 +37,7 @@ from slmrec.hashing import code_version
 from slmrec.lineage import atomic_write_text, content_hash, write_card
 from slmrec.models.backbones import resolve_device
 from slmrec.models.base import Recommender, seeded
-from slmrec.models.item_side import TextInputs, prepare_text, side_needs_text, unseen_in
+from slmrec.models.item_side import TextInputs, item_counts, prepare_text, side_needs_text, unseen_in
 from slmrec.models.llmrec import LLMRec
 from slmrec.models.sasrec import SASRec
 from slmrec.models.checkpoint import load_model, model_class_path, save_atomic
@@ -154,7 +154,8 @@ def text_inputs(
     found = load_item_text(params.item_text.out_dir, n_items)
     mask = torch.from_numpy(found.mask)
     unseen = unseen_in(train, n_items) if train is not None else None
-    return TextInputs(prepare_text(torch.from_numpy(found.table), mask, whiten), mask, unseen), found.key
+    counts = item_counts(train, n_items) if train is not None else None
+    return TextInputs(prepare_text(torch.from_numpy(found.table), mask, whiten), mask, unseen, counts), found.key
 
 
 def item_table(sasrec_dir: str) -> torch.Tensor:
