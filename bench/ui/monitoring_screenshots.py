@@ -9,7 +9,8 @@
    and writes the batch recommendations of 1998-01-06 (quiet) and 1998-01-20 (shifted);
 3. starts `dagster dev` there, materializes `recommendation_monitoring` for both partitions over GraphQL
    (what the UI's Materialize sends), waits for `retrain_on_drift` to request `retrain_job`;
-4. captures the pages with Debian's chromium driven by Playwright (bench/ui/browser.py).
+4. captures the Dagster pages with Debian's chromium driven by Playwright (bench/ui/browser.py). The Evidently
+   pages are bench/ui/report_screenshot.py's, from a real ML-100K replay day.
 The tiny data gives every user the same history length, so the normed-Wasserstein rules are loosened here
 (see tests/monitor/test_monitor_dagster.py); the numbers in these pictures are noise from 40 users.
 """
@@ -108,18 +109,7 @@ def main(argv=None) -> int:
         for day in (QUIET, SHIFT):
             run_id = ui.launch_assets(["recommendation_monitoring"], tags={"dagster/partition": day})
             print(f"{day}: {ui.wait_for_run(run_id, timeout_s=600, poll_s=3)}", flush=True)
-        # the monitoring pages first: the retrain_job run the sensor requests rebuilds this copy's store
-        # from its raw files (the 20-user ML-100K sample), which would change a re-run's numbers
-        for day, file, scroll in ((QUIET, "monitoring_report.png", None),
-                                  (SHIFT, "monitoring_report_shift.png", "Mean value of 'unknown_share'")):
-            browser.set_height(1400)
-            browser.open((root / f"results/monitoring/{day}/report.html").as_uri())
-            browser.wait_for("document.body.innerText.includes('Novelty (top-5)')", timeout_s=120, settle_s=2)
-            if scroll:
-                browser.scroll_to(scroll)
-                time.sleep(1)
-            browser.screenshot(args.out / file)
-            print(f"{args.out / file}: the Evidently report of {day}", flush=True)
+        # the Evidently pages themselves: bench/ui/report_screenshot.py, on a real replay day (docs/UI.md)
         for page in PAGES[:3]:
             capture_page(browser, ui, args.out, page)
         deadline = time.monotonic() + 300
