@@ -10,7 +10,10 @@
 #   bench/text_llm.sh DS long    the teacher (id+text) with 4 epochs (params ${DS}_llm_text_e4.yaml), scored; then
 #                                its distilled student and student_nokd with 4 epochs, scored
 #   bench/text_llm.sh DS seed    the teacher (id+text) with a second training seed (params ${DS}_llm_text_s43.yaml), scored
-#   bench/text_llm.sh DS table   one table with paired-bootstrap CIs over all users
+#   bench/text_llm.sh DS students F  the students of teacher variant F (params ${DS}_llm_F.yaml): student_nokd_F, then
+#                                student_F distilled from teacher_F, each scored on test
+#   bench/text_llm.sh DS table   one table with paired-bootstrap CIs over all users (OUT=... TABLE=... to write it
+#                                elsewhere: a session's own parts next to the committed table)
 # DS = beauty (needs runs/beauty-sasrec-text: bench/README.md, "SASRec with the text view on Amazon Beauty") or
 # scientific (runs/sci-sasrec-text and runs/sci-sasrec-id: "SASRec with and without the text view on Amazon Scientific").
 # Resumable: every training resumes from $O/runs, a finished model or score is not redone.
@@ -18,9 +21,9 @@ set -euo pipefail
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 case "${1:?beauty | scientific}" in
   beauty) O=runs/beauty-sasrec-text; SID=$O/models/sasrec_id; PARTS=$O/parts
-    OUT=bench/results/beauty_text_llm/metrics.json; TABLE=bench/results/beauty_text_llm/results.md ;;
+    OUT=${OUT:-bench/results/beauty_text_llm/metrics.json}; TABLE=${TABLE:-bench/results/beauty_text_llm/results.md} ;;
   scientific) O=runs/sci-sasrec-text; SID=runs/sci-sasrec-id/models/sasrec; PARTS=runs/sci-parts
-    OUT=bench/results/scientific_text/llm_metrics.json; TABLE=bench/results/scientific_text/llm_results.md ;;
+    OUT=${OUT:-bench/results/scientific_text/llm_metrics.json}; TABLE=${TABLE:-bench/results/scientific_text/llm_results.md} ;;
   *) echo "unknown dataset $1" >&2; exit 2 ;;
 esac
 ds=$1; shift
@@ -35,7 +38,7 @@ train_llm() {  # name sasrec role-args...
   [ -f "$O/models/$name/model.pt" ] || slmrec train "$@" --params $LP --splits $S --sasrec "$sasrec" \
     --out "$O/models/$name" --runs $R
 }
-case "${1:?llm | long | seed | sasrec | teacher_id | fusion | fusion_test | table}" in
+case "${1:?llm | long | seed | sasrec | teacher_id | fusion | fusion_test | students | table}" in
   llm)
     train_llm teacher_text $O/models/sasrec teacher
     score teacher_text $O/models/teacher_text $LP
@@ -69,6 +72,12 @@ case "${1:?llm | long | seed | sasrec | teacher_id | fusion | fusion_test | tabl
       [ -f "$O/models/teacher_$f/model.pt" ] || slmrec train teacher --params bench/params/${ds}_llm_$f.yaml --splits $S \
         --sasrec $O/models/sasrec --out $O/models/teacher_$f --runs $R
     done ;;
+  students)  # the students of a teacher variant (its params), each scored
+    f=${2:?students needs the variant name}; LP=bench/params/${ds}_llm_$f.yaml
+    train_llm student_nokd_$f $O/models/sasrec student
+    score student_nokd_$f $O/models/student_nokd_$f $LP
+    train_llm student_$f $O/models/sasrec student --teacher $O/models/teacher_$f
+    score student_$f $O/models/student_$f $LP ;;
   fusion_test)  # the fusion validation chose (its params and model as `fusion` made them), scored on test
     f=${2:?fusion_test needs the fusion name}
     score teacher_$f $O/models/teacher_$f bench/params/${ds}_llm_$f.yaml ;;
@@ -83,7 +92,10 @@ case "${1:?llm | long | seed | sasrec | teacher_id | fusion | fusion_test | tabl
              student_text_e4-student_nokd_text_e4 student_text_e4-sasrec_id teacher_text_s43-sasrec_id \
              teacher_text_s43-sasrec_text teacher_text_s43-teacher_text teacher_gated-sasrec_id \
              teacher_gated-sasrec_text teacher_gated-teacher_text teacher_iddrop-sasrec_id teacher_iddrop-sasrec_text \
-             teacher_iddrop-teacher_text; do
+             teacher_iddrop-teacher_text teacher_whiten-sasrec_id teacher_whiten-sasrec_text \
+             teacher_iddrop-teacher_whiten teacher_iddrop4-sasrec_id teacher_iddrop4-teacher_iddrop \
+             student_iddrop-sasrec_id student_iddrop-sasrec_text student_iddrop-teacher_iddrop \
+             student_nokd_iddrop-teacher_iddrop student_iddrop-student_nokd_iddrop; do
       have "${p%%-*}" && have "${p#*-}" && pairs+=("$p")
     done
     python bench/eval_parts.py table --params $LP --splits $S --parts "$PARTS"/*.pt \
