@@ -62,6 +62,7 @@ class SASRecConfig:
     # vector, for input and scoring: DESIGN.md §5's probe) | text (the mapped text vector alone)
     item_side: str = "id"
     item_fusion: str = "sum"  # id+text: how the two views fuse (slmrec/models/item_side.py FUSIONS)
+    item_id_dropout: float = 0.0  # id+text, training only: the share of items each step reads by their text alone
     # added (SASRec model): the MLP width and the init scale were implicit
     inner_size: int = 256  # MLP width; RecBole's default (4 x hidden)
     init_std: float = 0.02  # normal init of linear/embedding weights (RecBole's initializer_range)

@@ -135,7 +135,7 @@ class SASRec(Recommender):
         if text is not None and text.table.shape[0] != n_items + 1:
             raise ValueError(f"SASRec: text table has {text.table.shape[0]} rows, expected {n_items + 1}")
         # built after the weight init: `id` adds nothing and draws no random numbers (results as before)
-        self.item_side = build_item_side(cfg.item_side, cfg.hidden, text, cfg.item_fusion)
+        self.item_side = build_item_side(cfg.item_side, cfg.hidden, text, cfg.item_fusion, cfg.item_id_dropout)
         self.d_text = text.table.shape[1] if text is not None else None
 
     def _init_weights(self, module: nn.Module) -> None:

@@ -249,6 +249,9 @@ def test_id_dropout_reads_a_share_of_items_by_their_text_in_training_only():
     m = LLMRec.build(cfg(item_side="id+text", item_id_dropout=0.5), "student", torch.randn(N_ITEMS + 1, D_ID),
                      text=text_inputs())  # fmt: skip
     assert m.item_side.id_dropout == 0.5
+    sasrec = SASRec(N_ITEMS, SASRecConfig(hidden=D_ID, max_len=MAX_LEN, item_side="id+text", item_id_dropout=0.5),
+                    text=text_inputs())  # the same option for SASRec (the control of the LLM lever)
+    assert sasrec.item_side.id_dropout == 0.5
     with pytest.raises(ValueError, match="has none to drop"):
         build_item_side("text", D_ID, t, id_dropout=0.3)
     with pytest.raises(ValueError, match=r"must be in \[0, 1\)"):
