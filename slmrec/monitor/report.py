@@ -244,7 +244,7 @@ def monitor(reference: Window, current: Window, train: pd.DataFrame, cfg: Monito
     ref_frame, cur_frame = ranking_frame(reference, k), ranking_frame(current, k)
     quality = all(w.truth_users > 0 and (f["target"] > 0).any() for w, f in ((reference, ref_frame), (current, cur_frame)))
 
-    # the reports a user reads: current against reference, with the drift metrics
+    # the report a user reads: current against reference (the score drift is the probe's own report, below)
     shown = _metrics(k, quality, html=True)
     snapshot = _run(cur_frame, ref_frame, train, shown)
     # the values: each window alone as the current data, so both go through the same formulas (module doc)

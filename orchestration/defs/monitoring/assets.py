@@ -56,9 +56,10 @@ def promoted_model_dir(pipeline: DvcPipeline):
     kinds={"evidently", "html"},
     check_specs=[dg.AssetCheckSpec(DRIFT_CHECK, asset="recommendation_monitoring",
                                    description="Drift verdict over the report's values (thresholds in params.yaml "
-                                   "monitoring:): score drift (the reference users re-scored now) / history-length / recent-popularity drift, unknown-item and "
-                                   "cold-start shares, NDCG@k drop once ground truth is in, popularity shift. Drift: "
-                                   "ERROR; every rule skipped: WARN (insufficient data).")],
+                                   "monitoring:): score drift (the reference users re-scored now) / history-length / "
+                                   "recent-popularity drift, unknown-item and cold-start shares, NDCG@k drop once "
+                                   "ground truth is in, popularity shift. Drift: ERROR; every rule skipped: WARN "
+                                   "(insufficient data).")],
     description="Evidently report of the promoted model's recommendations for this day (the lists of the last "
     "monitoring.window_days days) against its reference window (the same rule over its last training days): NDCG/HitRate/"
     "Recall@k once later interactions arrived, popularity bias (ARP, coverage, Gini), personalization, novelty, "
