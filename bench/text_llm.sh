@@ -97,7 +97,8 @@ case "${1:?llm | long | seed | sasrec | teacher_id | fusion | fusion_test | stud
              student_iddrop-sasrec_id student_iddrop-sasrec_text student_iddrop-teacher_iddrop \
              student_nokd_iddrop-teacher_iddrop student_iddrop-student_nokd_iddrop teacher_iddrop_s43-sasrec_id \
              teacher_iddrop_s43-teacher_iddrop student_iddrop_s43-sasrec_id student_iddrop_s43-teacher_iddrop_s43 \
-             student_iddrop_s43-student_nokd_iddrop_s43; do
+             student_iddrop_s43-student_nokd_iddrop_s43 student_nokd_iddrop-sasrec_id student_nokd_iddrop-sasrec_text \
+             teacher_iddrop_s43-sasrec_text student_iddrop_s43-sasrec_text student_nokd_iddrop_s43-sasrec_id; do
       have "${p%%-*}" && have "${p#*-}" && pairs+=("$p")
     done
     python bench/eval_parts.py table --params $LP --splits $S --parts "$PARTS"/*.pt \
