@@ -12,6 +12,8 @@
 #   bench/text_llm.sh DS seed    the teacher (id+text) with a second training seed (params ${DS}_llm_text_s43.yaml), scored
 #   bench/text_llm.sh DS students F  the students of teacher variant F (params ${DS}_llm_F.yaml): student_nokd_F, then
 #                                student_F distilled from teacher_F, each scored on test
+#   bench/text_llm.sh DS kd F G  student_G distilled from teacher_F with params ${DS}_llm_G.yaml (e.g. iddrop iddrop_kl:
+#                                the ID-dropout teacher, logit KD on top), scored on test
 #   bench/text_llm.sh DS table   one table with paired-bootstrap CIs over all users (OUT=... TABLE=... to write it
 #                                elsewhere: a session's own parts next to the committed table)
 # DS = beauty (needs runs/beauty-sasrec-text: bench/README.md, "SASRec with the text view on Amazon Beauty") or
@@ -38,7 +40,7 @@ train_llm() {  # name sasrec role-args...
   [ -f "$O/models/$name/model.pt" ] || slmrec train "$@" --params $LP --splits $S --sasrec "$sasrec" \
     --out "$O/models/$name" --runs $R
 }
-case "${1:?llm | long | seed | sasrec | teacher_id | fusion | fusion_test | students | table}" in
+case "${1:?llm | long | seed | sasrec | teacher_id | fusion | fusion_test | students | kd | table}" in
   llm)
     train_llm teacher_text $O/models/sasrec teacher
     score teacher_text $O/models/teacher_text $LP
@@ -78,6 +80,10 @@ case "${1:?llm | long | seed | sasrec | teacher_id | fusion | fusion_test | stud
     score student_nokd_$f $O/models/student_nokd_$f $LP
     train_llm student_$f $O/models/sasrec student --teacher $O/models/teacher_$f
     score student_$f $O/models/student_$f $LP ;;
+  kd)  # another distillation recipe (its params) from an existing teacher variant
+    f=${2:?kd needs the teacher variant}; g=${3:?kd needs the student variant}; LP=bench/params/${ds}_llm_$g.yaml
+    train_llm student_$g $O/models/sasrec student --teacher $O/models/teacher_$f
+    score student_$g $O/models/student_$g $LP ;;
   fusion_test)  # the fusion validation chose (its params and model as `fusion` made them), scored on test
     f=${2:?fusion_test needs the fusion name}
     score teacher_$f $O/models/teacher_$f bench/params/${ds}_llm_$f.yaml ;;

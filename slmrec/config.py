@@ -96,6 +96,10 @@ class LLMRecConfig:
     text_whiten: bool = False  # centre and whiten the text table (PCA whitening, UniSRec-style) before the map
     # id+text, training only: the share of items each step reads through their text alone (ID vector zeroed)
     item_id_dropout: float = 0.0
+    # id+text: an auxiliary alignment of the two views (slmrec/models/item_side.py ALIGNMENTS): none | infonce
+    # (T(text_i) must pick out e_id,i among the step's target items), added to the loss times item_align_weight
+    item_align: str = "none"
+    item_align_weight: float = 0.1
     dtype: str = "auto"  # auto = bf16 on cuda, float32 elsewhere (bfloat16 on a CPU with AVX-512 BF16: a lever)
     device: str = "auto"  # auto = cuda > mps > cpu
     # speed levers that change nothing but float rounding (bench/bench_levers.py measures each):

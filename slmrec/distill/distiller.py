@@ -198,7 +198,7 @@ class DistillationModel(Recommender):
     # -- losses
 
     def loss_terms(self, batch: dict[str, Tensor], use_cache: bool = True) -> dict[str, Tensor]:
-        """Every term as a tensor (ce, cos, norm, ms, kl) and their weighted sum (total).
+        """Every term as a tensor (ce, cos, norm, ms, kl; align with `llm.item_align`) and their weighted sum (total).
 
         use_cache=False runs the teacher on the batch (for examples outside the training set).
         """
@@ -235,6 +235,10 @@ class DistillationModel(Recommender):
             + cfg.lambda_ms * terms["ms"]
             + cfg.lambda_kl * terms["kl"]
         )
+        aux = student.item_terms(y)  # the student's own item-side terms (weighted; {} for most sides)
+        terms.update(aux)
+        if aux:
+            terms["total"] = terms["total"] + sum(aux.values())
         return terms
 
     # -- Recommender API (predictions are the student's)

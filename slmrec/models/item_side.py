@@ -17,6 +17,11 @@ Sides (registered; one interface, no flag branches):
                          standardised log(1 + training count): how much text an item gets depends on how
                          often it was seen (w, b start at 0: g = 0.5; T starts at 0)
 
+An id+text side can also carry a registered alignment of its two views, an auxiliary loss the model adds to
+its own (`auxiliary(ids, targets)`; `llm.item_align`):
+                none     nothing (the default)
+                infonce  symmetric InfoNCE between T(text_i) and the frozen e_id,i over the step's target items
+
 The text table is the `item_text` stage's output, prepared once by `prepare_text` (mean-centred over the
 items with text, then unit-norm rows — DESIGN.md §5's probe — or, with whitening, PCA-whitened as UniSRec
 does) and held as a persistent buffer, so a checkpoint is self-contained. The score space stays d_id:
@@ -107,6 +112,9 @@ class IdSide(nn.Module):
     def forward(self, ids: Tensor) -> Tensor:
         return ids  # (n_items + 1, d_id)
 
+    def auxiliary(self, ids: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        return {}  # one view: nothing to align
+
 
 def _keep_unseen(side: nn.Module, text: TextInputs) -> None:
     """Store the unseen-item flags (only when there are such items: other checkpoints stay as they were)."""
@@ -122,6 +130,9 @@ class TextSide(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         return self.text()  # (n_items + 1, d_id); the id table only fixed d_id
+
+    def auxiliary(self, ids: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        return {}  # one view: nothing to align
 
 
 class SumFusion(nn.Module):
@@ -201,16 +212,25 @@ class IdTextSide(nn.Module):
     ID vector zeroed, not rescaled: an item read by its text alone is what a cold item is at evaluation), so
     the text map has to carry those items; evaluation reads every ID vector."""
 
-    def __init__(self, d_id: int, text: TextInputs, fusion: str, id_dropout: float = 0.0):
+    def __init__(self, d_id: int, text: TextInputs, fusion: str, id_dropout: float = 0.0, align: str = "none",
+                 align_weight: float = 0.0):  # fmt: skip
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"item_fusion: unknown fusion {fusion!r}; known: {sorted(FUSIONS)}")
         if not 0.0 <= id_dropout < 1.0:
             raise ValueError(f"item_id_dropout must be in [0, 1), got {id_dropout}")
+        if align not in ALIGNMENTS:
+            raise ValueError(f"item_align: unknown alignment {align!r}; known: {sorted(ALIGNMENTS)}")
         self.text = TextView(text, d_id, zero_init=FUSIONS[fusion].text_starts_at_zero)
         self.fusion = FUSIONS[fusion](d_id, text)
         self.id_dropout = id_dropout
+        self.align = ALIGNMENTS[align](align_weight)  # no parameters: checkpoints are unchanged
         _keep_unseen(self, text)
+
+    def auxiliary(self, ids: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        """The alignment's weighted loss terms for these target items (N,) over the frozen table ids
+        (n_items + 1, d_id); {} without one."""
+        return self.align(ids, self.text(), self.text.has_text, targets)
 
     def forward(self, ids: Tensor) -> Tensor:
         if hasattr(self, "id_unseen"):  # a cold item's ID vector is untrained noise: its text alone speaks
@@ -221,11 +241,45 @@ class IdTextSide(nn.Module):
         return self.fusion(ids, self.text())  # (n_items + 1, d_id)
 
 
-# name -> (builder(d_id, text, fusion, id_dropout), needs text)
-ITEM_SIDES: dict[str, tuple[Callable[[int, TextInputs | None, str, float], nn.Module], bool]] = {
-    "id": (lambda d_id, text, fusion, id_dropout: IdSide(), False),
-    "text": (lambda d_id, text, fusion, id_dropout: TextSide(d_id, text), True),
-    "id+text": (lambda d_id, text, fusion, id_dropout: IdTextSide(d_id, text, fusion, id_dropout), True),
+class NoAlignment(nn.Module):
+    def forward(self, e: Tensor, t: Tensor, has_text: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        return {}
+
+
+class InfoNCEAlignment(nn.Module):
+    """Contrastive alignment of the two views (issue 19's lever; LLM-ESR / UniSRec-style): over the step's
+    distinct target items that have text, the text view T(t_i) has to pick out the item's own frozen ID vector
+    e_i among the others' by dot product (the score the model ranks by), and e_i its own T(t_i): symmetric
+    InfoNCE, times `weight`. e is the frozen table, never the ID-dropped copy, so the text map learns to say
+    what the ID vector says — which is what an item read through its text alone (dropped, cold) needs."""
+
+    def __init__(self, weight: float):
+        super().__init__()
+        if weight <= 0:
+            raise ValueError(f"item_align_weight must be > 0 for an alignment, got {weight}")
+        self.weight = weight
+
+    def forward(self, e: Tensor, t: Tensor, has_text: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        rows = torch.unique(targets)  # (M,) sorted
+        rows = rows[(rows > 0) & has_text[rows]]
+        if len(rows) < 2:  # InfoNCE over one candidate is log 1 = 0 (and over none, undefined)
+            return {"align": t.new_zeros(())}
+        logits = t[rows] @ e[rows].T  # (M, M): text i against every ID vector
+        labels = torch.arange(len(rows), device=logits.device)
+        loss = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+        return {"align": self.weight * loss}
+
+
+ALIGNMENTS: dict[str, Callable[[float], nn.Module]] = {
+    "none": lambda weight: NoAlignment(), "infonce": InfoNCEAlignment}
+
+
+# name -> (builder(d_id, text, fusion, id_dropout, align, align_weight), needs text)
+ITEM_SIDES: dict[str, tuple[Callable[..., nn.Module], bool]] = {
+    "id": (lambda d_id, text, fusion, id_dropout, align, weight: IdSide(), False),
+    "text": (lambda d_id, text, fusion, id_dropout, align, weight: TextSide(d_id, text), True),
+    "id+text": (lambda d_id, text, fusion, id_dropout, align, weight:
+                IdTextSide(d_id, text, fusion, id_dropout, align, weight), True),
 }
 
 
@@ -292,16 +346,18 @@ def side_needs_text(name: str) -> bool:
 
 
 def build_item_side(name: str, d_id: int, text: TextInputs | None = None, fusion: str = "sum",
-                    id_dropout: float = 0.0) -> nn.Module:
+                    id_dropout: float = 0.0, align: str = "none", align_weight: float = 0.0) -> nn.Module:
     if side_needs_text(name) and text is None:
         raise ValueError(f"item_side {name!r} reads the item text table: give it (slmrec item-text, --item-text)")
     if not side_needs_text(name) and text is not None:
         raise ValueError(f"item_side {name!r} reads no text, but a text table was given")
     if id_dropout and name != "id+text":
         raise ValueError(f"item_id_dropout drops the ID view of id+text; item_side {name!r} has none to drop")
+    if align != "none" and name != "id+text":
+        raise ValueError(f"item_align aligns the two views of id+text; item_side {name!r} has one")
     builder, _ = ITEM_SIDES[name]
-    return builder(d_id, text, fusion, id_dropout)
+    return builder(d_id, text, fusion, id_dropout, align, align_weight)
 
 
-__all__ = ["ITEM_SIDES", "FUSIONS", "TextInputs", "TextView", "prepare_text", "build_item_side", "side_needs_text",
+__all__ = ["ITEM_SIDES", "FUSIONS", "ALIGNMENTS", "TextInputs", "TextView", "prepare_text", "build_item_side", "side_needs_text",
            "unseen_items", "unseen_in", "item_counts", "exclude_unseen", "extend_side"]

@@ -203,7 +203,8 @@ class LLMRec(Recommender):
         self.item_adapter = build_item_adapter(cfg.item_adapter, item_table.shape[0], self.d_id, cfg.item_adapter_hidden)
         if text is not None and text.table.shape[0] != item_table.shape[0]:
             raise ValueError(f"text table has {text.table.shape[0]} rows, the item table {item_table.shape[0]}")
-        self.item_side = build_item_side(cfg.item_side, self.d_id, text, cfg.item_fusion, cfg.item_id_dropout)  # `id`: no parameters
+        self.item_side = build_item_side(cfg.item_side, self.d_id, text, cfg.item_fusion, cfg.item_id_dropout,
+                                         cfg.item_align, cfg.item_align_weight)  # `id`: no parameters
         self.d_text = text.table.shape[1] if text is not None else None
         self._prefix_kv: list[tuple[Tensor, Tensor]] | None = None  # set by merge_for_inference
         self.to(backbone.device)
@@ -314,6 +315,11 @@ class LLMRec(Recommender):
         self.item_adapter.extend(len(rows))
         self.n_items += len(rows)
 
+    def item_terms(self, targets: Tensor) -> dict[str, Tensor]:
+        """The item side's auxiliary loss terms (weighted) for the step's target items (N,): {} for most sides,
+        {"align": ...} for an id+text side with `llm.item_align`."""
+        return self.item_side.auxiliary(self.item_adapter(self.item_table), targets)
+
     def scores(self, u: Tensor) -> Tensor:
         """u (N, d_id) -> (N, n_items + 1) dot products with every item; column 0 = -inf."""
         return mask_padding_column(u @ self.items().T)
@@ -345,7 +351,9 @@ class LLMRec(Recommender):
         states, labels = self.rows(enc, enc.final)  # (N, H), (N,)
         logits = exclude_unseen(self.scores(self.user_vectors(states)), self.item_side)  # (N, n_items + 1)
         ce = F.cross_entropy(logits, labels)
-        return LossOutput(ce, {"ce": float(ce.detach())})
+        aux = self.item_terms(labels)
+        loss = ce + sum(aux.values()) if aux else ce
+        return LossOutput(loss, {"ce": float(ce.detach()), **{k: float(v.detach()) for k, v in aux.items()}})
 
     def full_sort_predict(self, batch: dict[str, Tensor]) -> Tensor:
         return self.scores(self.forward(batch))  # (B, n_items + 1)
