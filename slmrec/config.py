@@ -100,6 +100,9 @@ class LLMRecConfig:
     # (T(text_i) must pick out e_id,i among the step's target items), added to the loss times item_align_weight
     item_align: str = "none"
     item_align_weight: float = 0.1
+    # id+text, training only: the first share of the training steps reads every item through its text alone
+    # (every ID vector zeroed: the trunk and the text map learn to recommend by text first), then item_id_dropout
+    text_warmup: float = 0.0
     dtype: str = "auto"  # auto = bf16 on cuda, float32 elsewhere (bfloat16 on a CPU with AVX-512 BF16: a lever)
     device: str = "auto"  # auto = cuda > mps > cpu
     # speed levers that change nothing but float rounding (bench/bench_levers.py measures each):

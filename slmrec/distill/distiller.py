@@ -164,6 +164,9 @@ class DistillationModel(Recommender):
         self.cache = TeacherFeatureCache(key, n_examples, *shape, device=self.student.item_table.device)
         return f"cached fp16 ({need / 2**20:.1f} MB for {n_examples} examples, key {key})"
 
+    def set_progress(self, fraction: float) -> None:
+        self.student.set_progress(fraction)  # the teacher never trains
+
     def train(self, mode: bool = True) -> "DistillationModel":
         super().train(mode)
         self.teacher.eval()  # the teacher never trains: no dropout, deterministic features

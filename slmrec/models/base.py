@@ -116,6 +116,10 @@ class Recommender(nn.Module, abc.ABC):
     def from_config_dict(cls, config: dict) -> "Recommender":
         """Inverse of `config_dict` (frozen parts are rebuilt here, trainable state is loaded after)."""
 
+    def set_progress(self, fraction: float) -> None:
+        """How far training is, in [0, 1] (fit calls it before every step, so a resumed run sees the same
+        values): for a schedule inside the model (the item side's text-only warm-up). Most models ignore it."""
+
     def trainable_state_dict(self) -> dict[str, Tensor]:
         return trainable_state_dict(self)
 

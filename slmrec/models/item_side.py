@@ -21,6 +21,7 @@ An id+text side can also carry a registered alignment of its two views, an auxil
 its own (`auxiliary(ids, targets)`; `llm.item_align`):
                 none     nothing (the default)
                 infonce  symmetric InfoNCE between T(text_i) and the frozen e_id,i over the step's target items
+and a text-only warm-up (`llm.text_warmup`): the first share of training reads every item by its text alone.
 
 The text table is the `item_text` stage's output, prepared once by `prepare_text` (mean-centred over the
 items with text, then unit-norm rows — DESIGN.md §5's probe — or, with whitening, PCA-whitened as UniSRec
@@ -115,6 +116,9 @@ class IdSide(nn.Module):
     def auxiliary(self, ids: Tensor, targets: Tensor) -> dict[str, Tensor]:
         return {}  # one view: nothing to align
 
+    def set_progress(self, fraction: float) -> None:
+        pass  # no schedule
+
 
 def _keep_unseen(side: nn.Module, text: TextInputs) -> None:
     """Store the unseen-item flags (only when there are such items: other checkpoints stay as they were)."""
@@ -133,6 +137,9 @@ class TextSide(nn.Module):
 
     def auxiliary(self, ids: Tensor, targets: Tensor) -> dict[str, Tensor]:
         return {}  # one view: nothing to align
+
+    def set_progress(self, fraction: float) -> None:
+        pass  # no schedule
 
 
 class SumFusion(nn.Module):
@@ -210,10 +217,11 @@ FUSIONS: dict[str, Callable[[int, TextInputs], nn.Module]] = {
 class IdTextSide(nn.Module):
     """id_dropout: in training, each step reads a random share of the items through their text alone (their
     ID vector zeroed, not rescaled: an item read by its text alone is what a cold item is at evaluation), so
-    the text map has to carry those items; evaluation reads every ID vector."""
+    the text map has to carry those items; evaluation reads every ID vector. text_warmup: the first share of
+    the training steps (`set_progress`, from fit) reads every item by its text alone."""
 
     def __init__(self, d_id: int, text: TextInputs, fusion: str, id_dropout: float = 0.0, align: str = "none",
-                 align_weight: float = 0.0):  # fmt: skip
+                 align_weight: float = 0.0, text_warmup: float = 0.0):  # fmt: skip
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"item_fusion: unknown fusion {fusion!r}; known: {sorted(FUSIONS)}")
@@ -224,8 +232,18 @@ class IdTextSide(nn.Module):
         self.text = TextView(text, d_id, zero_init=FUSIONS[fusion].text_starts_at_zero)
         self.fusion = FUSIONS[fusion](d_id, text)
         self.id_dropout = id_dropout
+        if not 0.0 <= text_warmup < 1.0:
+            raise ValueError(f"text_warmup must be in [0, 1), got {text_warmup}")
         self.align = ALIGNMENTS[align](align_weight)  # no parameters: checkpoints are unchanged
+        self.text_warmup, self.progress = text_warmup, 1.0  # progress: set by training (fit), else past the warm-up
         _keep_unseen(self, text)
+
+    def set_progress(self, fraction: float) -> None:
+        self.progress = fraction
+
+    def id_drop_share(self) -> float:
+        """The share of items whose ID vector a training step zeroes: all of them in the text-only warm-up."""
+        return 1.0 if self.progress < self.text_warmup else self.id_dropout
 
     def auxiliary(self, ids: Tensor, targets: Tensor) -> dict[str, Tensor]:
         """The alignment's weighted loss terms for these target items (N,) over the frozen table ids
@@ -235,8 +253,11 @@ class IdTextSide(nn.Module):
     def forward(self, ids: Tensor) -> Tensor:
         if hasattr(self, "id_unseen"):  # a cold item's ID vector is untrained noise: its text alone speaks
             ids = ids.masked_fill(self.id_unseen[:, None], 0.0)
-        if self.training and self.id_dropout > 0:
-            dropped = torch.rand(ids.shape[0], device=ids.device) < self.id_dropout  # (n_items + 1,)
+        share = self.id_drop_share() if self.training else 0.0
+        if share >= 1.0:  # the text-only warm-up
+            ids = torch.zeros_like(ids)
+        elif share > 0:
+            dropped = torch.rand(ids.shape[0], device=ids.device) < share  # (n_items + 1,)
             ids = ids.masked_fill(dropped[:, None], 0.0)
         return self.fusion(ids, self.text())  # (n_items + 1, d_id)
 
@@ -274,12 +295,12 @@ ALIGNMENTS: dict[str, Callable[[float], nn.Module]] = {
     "none": lambda weight: NoAlignment(), "infonce": InfoNCEAlignment}
 
 
-# name -> (builder(d_id, text, fusion, id_dropout, align, align_weight), needs text)
+# name -> (builder(d_id, text, fusion, id_dropout, align, align_weight, text_warmup), needs text)
 ITEM_SIDES: dict[str, tuple[Callable[..., nn.Module], bool]] = {
-    "id": (lambda d_id, text, fusion, id_dropout, align, weight: IdSide(), False),
-    "text": (lambda d_id, text, fusion, id_dropout, align, weight: TextSide(d_id, text), True),
-    "id+text": (lambda d_id, text, fusion, id_dropout, align, weight:
-                IdTextSide(d_id, text, fusion, id_dropout, align, weight), True),
+    "id": (lambda d_id, text, fusion, id_dropout, align, weight, warmup: IdSide(), False),
+    "text": (lambda d_id, text, fusion, id_dropout, align, weight, warmup: TextSide(d_id, text), True),
+    "id+text": (lambda d_id, text, fusion, id_dropout, align, weight, warmup:
+                IdTextSide(d_id, text, fusion, id_dropout, align, weight, warmup), True),
 }
 
 
@@ -346,7 +367,8 @@ def side_needs_text(name: str) -> bool:
 
 
 def build_item_side(name: str, d_id: int, text: TextInputs | None = None, fusion: str = "sum",
-                    id_dropout: float = 0.0, align: str = "none", align_weight: float = 0.0) -> nn.Module:
+                    id_dropout: float = 0.0, align: str = "none", align_weight: float = 0.0,
+                    text_warmup: float = 0.0) -> nn.Module:
     if side_needs_text(name) and text is None:
         raise ValueError(f"item_side {name!r} reads the item text table: give it (slmrec item-text, --item-text)")
     if not side_needs_text(name) and text is not None:
@@ -355,8 +377,10 @@ def build_item_side(name: str, d_id: int, text: TextInputs | None = None, fusion
         raise ValueError(f"item_id_dropout drops the ID view of id+text; item_side {name!r} has none to drop")
     if align != "none" and name != "id+text":
         raise ValueError(f"item_align aligns the two views of id+text; item_side {name!r} has one")
+    if text_warmup and name != "id+text":
+        raise ValueError(f"text_warmup reads id+text by its text first; item_side {name!r} has one view")
     builder, _ = ITEM_SIDES[name]
-    return builder(d_id, text, fusion, id_dropout, align, align_weight)
+    return builder(d_id, text, fusion, id_dropout, align, align_weight, text_warmup)
 
 
 __all__ = ["ITEM_SIDES", "FUSIONS", "ALIGNMENTS", "TextInputs", "TextView", "prepare_text", "build_item_side", "side_needs_text",

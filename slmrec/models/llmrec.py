@@ -204,7 +204,7 @@ class LLMRec(Recommender):
         if text is not None and text.table.shape[0] != item_table.shape[0]:
             raise ValueError(f"text table has {text.table.shape[0]} rows, the item table {item_table.shape[0]}")
         self.item_side = build_item_side(cfg.item_side, self.d_id, text, cfg.item_fusion, cfg.item_id_dropout,
-                                         cfg.item_align, cfg.item_align_weight)  # `id`: no parameters
+                                         cfg.item_align, cfg.item_align_weight, cfg.text_warmup)  # `id`: no parameters
         self.d_text = text.table.shape[1] if text is not None else None
         self._prefix_kv: list[tuple[Tensor, Tensor]] | None = None  # set by merge_for_inference
         self.to(backbone.device)
@@ -314,6 +314,9 @@ class LLMRec(Recommender):
         self.item_table = torch.cat([self.item_table, zeros])  # (n_items + 1 + m, d_id)
         self.item_adapter.extend(len(rows))
         self.n_items += len(rows)
+
+    def set_progress(self, fraction: float) -> None:
+        self.item_side.set_progress(fraction)
 
     def item_terms(self, targets: Tensor) -> dict[str, Tensor]:
         """The item side's auxiliary loss terms (weighted) for the step's target items (N,): {} for most sides,

@@ -331,6 +331,7 @@ def fit(
             mine = shard_rows(rows, dist_info.rank, dist_info.world_size)  # all rows in one process
             if len(mine):  # a short last batch can leave a rank without rows: it only joins the all-reduce
                 share = len(mine) / len(rows)  # 1.0 in one process
+                model.set_progress(st.step / total_steps)
                 out = model.calculate_loss(to_device(train_examples.batch(mine), device))
                 if not torch.isfinite(out.loss):
                     raise FloatingPointError(

@@ -387,3 +387,41 @@ def test_the_alignment_is_part_of_the_llm_and_the_distilled_students_loss():
     torch.testing.assert_close(terms["total"], expected)
     assert "align" not in LLMRec.build(cfg(item_side="id+text"), "student", table,
                                        text=text_inputs()).calculate_loss(b).terms  # fmt: skip
+
+
+def test_text_warmup_reads_every_item_by_its_text_first_then_the_id_dropout_applies(tmp_path):
+    """llm.text_warmup 0.5: fit tells the model its progress before every step (step / total steps); while it is
+    below 0.5 a training step zeroes every ID vector, then only item_id_dropout's share; evaluation reads all."""
+    t = text_inputs(n_items=400)
+    side = build_item_side("id+text", D_ID, t, "sum", id_dropout=0.2, text_warmup=0.5)
+    with torch.no_grad():
+        side.text.map.weight.normal_()
+    ids, text = torch.randn(401, D_ID), side.text().detach()
+    side.train().set_progress(0.25)
+    torch.testing.assert_close(side(ids), text)  # text alone
+    side.set_progress(0.5)
+    dropped = torch.isclose(side(ids), text).all(1).float().mean()
+    assert 0.1 < dropped < 0.3  # item_id_dropout 0.2 from here on
+    side.eval().set_progress(0.0)
+    torch.testing.assert_close(side(ids), ids + text)
+    with pytest.raises(ValueError, match="one view"):
+        build_item_side("text", D_ID, t, text_warmup=0.3)
+    with pytest.raises(ValueError, match=r"text_warmup must be in \[0, 1\)"):
+        build_item_side("id+text", D_ID, t, text_warmup=1.0)
+
+    seqs = ring(40)
+    train = make_train_examples([s[:-2] for s in seqs], MAX_LEN)
+    valid = make_eval_examples([(s[:-2], s[-2]) for s in seqs], MAX_LEN)
+    torch.manual_seed(0)
+    table = torch.randn(N_ITEMS + 1, D_ID)
+    m = LLMRec.build(cfg(item_side="id+text", text_warmup=0.5), "student", table, text=text_inputs())
+    seen, inner = [], m.item_side.set_progress
+    m.item_side.set_progress = lambda f: (seen.append(f), inner(f))
+    tc = TrainConfig(epochs=2, batch_size=16, lr=1e-2, patience=0, eval_batch_size=256)
+    fit(m, train, valid, tc, tmp_path / "warm", **QUIET)
+    steps = 2 * math.ceil(len(train) / 16)  # 2 epochs of batches of 16 examples
+    assert seen == [i / steps for i in range(steps)]
+    teacher = LLMRec.build(cfg(item_side="id+text"), "teacher", table, text=text_inputs())
+    d = DistillationModel(m, teacher, DistillConfig(blocks=2), n_examples=3)
+    d.set_progress(0.75)
+    assert seen[-1] == 0.75 and m.item_side.id_drop_share() == 0.0  # the distiller passes it to the student
