@@ -4,8 +4,11 @@
 #   bench/text_llm.sh DS sasrec  the ID SASRec retrained on the same splits (for paired CIs), then both SASRecs scored
 #   bench/text_llm.sh DS teacher_id  the ID teacher over the ID SASRec, on the same splits, scored
 #   bench/text_llm.sh DS fusion [F..]  the teacher with each other fusion (gated, concat, whiten = whitened sum,
-#                                iddrop = sum with llm.item_id_dropout 0.2;
-#                                default gated concat whiten), validation only
+#                                iddrop = sum with llm.item_id_dropout 0.2; on Beauty also, each over iddrop:
+#                                count = count-gated fusion, align = llm.item_align infonce, warm = llm.text_warmup
+#                                0.25; default gated concat whiten), validation only
+#   bench/text_llm.sh DS over_id F  the teacher of params ${DS}_llm_F.yaml over the ID SASRec's table (not SASRec
+#                                id+text's), validation only (e.g. idcount: count-gated fusion, ID dropout)
 #   bench/text_llm.sh DS fusion_test F  the fusion teacher F that validation chose, scored on test
 #   bench/text_llm.sh DS long    the teacher (id+text) with 4 epochs (params ${DS}_llm_text_e4.yaml), scored; then
 #                                its distilled student and student_nokd with 4 epochs, scored
@@ -40,7 +43,7 @@ train_llm() {  # name sasrec role-args...
   [ -f "$O/models/$name/model.pt" ] || slmrec train "$@" --params $LP --splits $S --sasrec "$sasrec" \
     --out "$O/models/$name" --runs $R
 }
-case "${1:?llm | long | seed | sasrec | teacher_id | fusion | fusion_test | students | kd | table}" in
+case "${1:?llm | long | seed | sasrec | teacher_id | fusion | over_id | fusion_test | students | kd | table}" in
   llm)
     train_llm teacher_text $O/models/sasrec teacher
     score teacher_text $O/models/teacher_text $LP
@@ -74,6 +77,11 @@ case "${1:?llm | long | seed | sasrec | teacher_id | fusion | fusion_test | stud
       [ -f "$O/models/teacher_$f/model.pt" ] || slmrec train teacher --params bench/params/${ds}_llm_$f.yaml --splits $S \
         --sasrec $O/models/sasrec --out $O/models/teacher_$f --runs $R
     done ;;
+  over_id)  # validation only: a teacher variant whose frozen `id` part is the ID SASRec's table
+    for f in ${2:?over_id needs the variant name}; do
+      [ -f "$O/models/teacher_$f/model.pt" ] || slmrec train teacher --params bench/params/${ds}_llm_$f.yaml --splits $S \
+        --sasrec $SID --out $O/models/teacher_$f --runs $R
+    done ;;
   students)  # the students of a teacher variant (its params), each scored
     f=${2:?students needs the variant name}; LP=bench/params/${ds}_llm_$f.yaml
     train_llm student_nokd_$f $O/models/sasrec student
@@ -104,7 +112,12 @@ case "${1:?llm | long | seed | sasrec | teacher_id | fusion | fusion_test | stud
              student_nokd_iddrop-teacher_iddrop student_iddrop-student_nokd_iddrop teacher_iddrop_s43-sasrec_id \
              teacher_iddrop_s43-teacher_iddrop student_iddrop_s43-sasrec_id student_iddrop_s43-teacher_iddrop_s43 \
              student_iddrop_s43-student_nokd_iddrop_s43 student_nokd_iddrop-sasrec_id student_nokd_iddrop-sasrec_text \
-             teacher_iddrop_s43-sasrec_text student_iddrop_s43-sasrec_text student_nokd_iddrop_s43-sasrec_id; do
+             teacher_iddrop_s43-sasrec_text student_iddrop_s43-sasrec_text student_nokd_iddrop_s43-sasrec_id \
+             teacher_count-sasrec_id teacher_count-teacher_iddrop teacher_align-sasrec_id \
+             teacher_align-teacher_iddrop teacher_warm-sasrec_id teacher_warm-teacher_iddrop \
+             student_iddrop_kl-sasrec_id student_iddrop_kl-student_nokd_iddrop student_iddrop_kl-student_iddrop \
+             student_iddrop_kl-teacher_iddrop teacher_idcount-sasrec_id teacher_idcount-teacher_iddrop \
+             teacher_idcount-sasrec_text; do
       have "${p%%-*}" && have "${p#*-}" && pairs+=("$p")
     done
     python bench/eval_parts.py table --params $LP --splits $S --parts "$PARTS"/*.pt \
