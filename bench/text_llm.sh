@@ -13,8 +13,9 @@
 #   bench/text_llm.sh DS long    the teacher (id+text) with 4 epochs (params ${DS}_llm_text_e4.yaml), scored; then
 #                                its distilled student and student_nokd with 4 epochs, scored
 #   bench/text_llm.sh DS seed    the teacher (id+text) with a second training seed (params ${DS}_llm_text_s43.yaml), scored
-#   bench/text_llm.sh DS students F  the students of teacher variant F (params ${DS}_llm_F.yaml): student_nokd_F, then
-#                                student_F distilled from teacher_F, each scored on test
+#   bench/text_llm.sh DS students F [over_id]  the students of teacher variant F (params ${DS}_llm_F.yaml): student_nokd_F,
+#                                then student_F distilled from teacher_F, each scored on test; over_id: over the ID
+#                                SASRec's table, as the teacher of `over_id F` was
 #   bench/text_llm.sh DS kd F G  student_G distilled from teacher_F with params ${DS}_llm_G.yaml (e.g. iddrop iddrop_kl:
 #                                the ID-dropout teacher, logit KD on top), scored on test
 #   bench/text_llm.sh DS table   one table with paired-bootstrap CIs over all users (OUT=... TABLE=... to write it
@@ -84,9 +85,10 @@ case "${1:?llm | long | seed | sasrec | teacher_id | fusion | over_id | fusion_t
     done ;;
   students)  # the students of a teacher variant (its params), each scored
     f=${2:?students needs the variant name}; LP=bench/params/${ds}_llm_$f.yaml
-    train_llm student_nokd_$f $O/models/sasrec student
+    base=$O/models/sasrec; [ "${3:-}" = over_id ] && base=$SID
+    train_llm student_nokd_$f $base student
     score student_nokd_$f $O/models/student_nokd_$f $LP
-    train_llm student_$f $O/models/sasrec student --teacher $O/models/teacher_$f
+    train_llm student_$f $base student --teacher $O/models/teacher_$f
     score student_$f $O/models/student_$f $LP ;;
   kd)  # another distillation recipe (its params) from an existing teacher variant
     f=${2:?kd needs the teacher variant}; g=${3:?kd needs the student variant}; LP=bench/params/${ds}_llm_$g.yaml
@@ -117,7 +119,10 @@ case "${1:?llm | long | seed | sasrec | teacher_id | fusion | over_id | fusion_t
              teacher_align-teacher_iddrop teacher_warm-sasrec_id teacher_warm-teacher_iddrop \
              student_iddrop_kl-sasrec_id student_iddrop_kl-student_nokd_iddrop student_iddrop_kl-student_iddrop \
              student_iddrop_kl-teacher_iddrop teacher_idcount-sasrec_id teacher_idcount-teacher_iddrop \
-             teacher_idcount-sasrec_text; do
+             teacher_idcount-sasrec_text teacher_count-sasrec_text teacher_idcount-teacher_count \
+             student_count-sasrec_id student_count-teacher_count student_count-student_nokd_count \
+             student_nokd_count-sasrec_id student_idcount-sasrec_id student_idcount-teacher_idcount \
+             student_idcount-student_nokd_idcount student_nokd_idcount-sasrec_id; do
       have "${p%%-*}" && have "${p#*-}" && pairs+=("$p")
     done
     python bench/eval_parts.py table --params $LP --splits $S --parts "$PARTS"/*.pt \
