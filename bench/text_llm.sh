@@ -6,7 +6,7 @@
 #   bench/text_llm.sh DS fusion [F..]  the teacher with each other fusion (gated, concat, whiten = whitened sum,
 #                                iddrop = sum with llm.item_id_dropout 0.2; on Beauty also, each over iddrop:
 #                                count = count-gated fusion, align = llm.item_align infonce, warm = llm.text_warmup
-#                                0.25; default gated concat whiten), validation only
+#                                0.25, iddrop05 = item_id_dropout 0.5; default gated concat whiten), validation only
 #   bench/text_llm.sh DS over_id F  the teacher of params ${DS}_llm_F.yaml over the ID SASRec's table (not SASRec
 #                                id+text's), validation only (e.g. idcount: count-gated fusion, ID dropout)
 #   bench/text_llm.sh DS fusion_test F  the fusion teacher F that validation chose, scored on test
@@ -122,7 +122,9 @@ case "${1:?llm | long | seed | sasrec | teacher_id | fusion | over_id | fusion_t
              teacher_idcount-sasrec_text teacher_count-sasrec_text teacher_idcount-teacher_count \
              student_count-sasrec_id student_count-teacher_count student_count-student_nokd_count \
              student_nokd_count-sasrec_id student_idcount-sasrec_id student_idcount-teacher_idcount \
-             student_idcount-student_nokd_idcount student_nokd_idcount-sasrec_id; do
+             student_idcount-student_nokd_idcount student_nokd_idcount-sasrec_id \
+             teacher_iddrop05-sasrec_id teacher_iddrop05-teacher_iddrop teacher_iddrop05-sasrec_text \
+             teacher_align-sasrec_text; do
       have "${p%%-*}" && have "${p#*-}" && pairs+=("$p")
     done
     python bench/eval_parts.py table --params $LP --splits $S --parts "$PARTS"/*.pt \
