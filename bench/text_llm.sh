@@ -124,7 +124,8 @@ case "${1:?llm | long | seed | sasrec | teacher_id | fusion | over_id | fusion_t
              student_nokd_count-sasrec_id student_idcount-sasrec_id student_idcount-teacher_idcount \
              student_idcount-student_nokd_idcount student_nokd_idcount-sasrec_id \
              teacher_iddrop05-sasrec_id teacher_iddrop05-teacher_iddrop teacher_iddrop05-sasrec_text \
-             teacher_align-sasrec_text; do
+             teacher_align-sasrec_text teacher_align_s43-sasrec_id teacher_align_s43-teacher_align \
+             teacher_align_s43-sasrec_text; do
       have "${p%%-*}" && have "${p#*-}" && pairs+=("$p")
     done
     python bench/eval_parts.py table --params $LP --splits $S --parts "$PARTS"/*.pt \
