@@ -123,7 +123,6 @@ case "${1:?llm | long | seed | sasrec | teacher_id | fusion | over_id | fusion_t
              student_count-sasrec_id student_count-teacher_count student_count-student_nokd_count \
              student_nokd_count-sasrec_id student_idcount-sasrec_id student_idcount-teacher_idcount \
              student_idcount-student_nokd_idcount student_nokd_idcount-sasrec_id \
-             teacher_iddrop05-sasrec_id teacher_iddrop05-teacher_iddrop teacher_iddrop05-sasrec_text \
              teacher_align-sasrec_text teacher_align_s43-sasrec_id teacher_align_s43-teacher_align \
              teacher_align_s43-sasrec_text; do
       have "${p%%-*}" && have "${p#*-}" && pairs+=("$p")
