@@ -6,7 +6,8 @@
 #   bench/text_llm.sh DS fusion [F..]  the teacher with each other fusion (gated, concat, whiten = whitened sum,
 #                                iddrop = sum with llm.item_id_dropout 0.2; on Beauty also, each over iddrop:
 #                                count = count-gated fusion, align = llm.item_align infonce, warm = llm.text_warmup
-#                                0.25, iddrop05 = item_id_dropout 0.5; default gated concat whiten), validation only
+#                                0.25, iddrop05 = item_id_dropout 0.5, align03 = align with weight 0.3; default gated
+#                                concat whiten), validation only
 #   bench/text_llm.sh DS over_id F  the teacher of params ${DS}_llm_F.yaml over the ID SASRec's table (not SASRec
 #                                id+text's), validation only (e.g. idcount: count-gated fusion, ID dropout)
 #   bench/text_llm.sh DS fusion_test F  the fusion teacher F that validation chose, scored on test
@@ -124,7 +125,9 @@ case "${1:?llm | long | seed | sasrec | teacher_id | fusion | over_id | fusion_t
              student_nokd_count-sasrec_id student_idcount-sasrec_id student_idcount-teacher_idcount \
              student_idcount-student_nokd_idcount student_nokd_idcount-sasrec_id \
              teacher_align-sasrec_text teacher_align_s43-sasrec_id teacher_align_s43-teacher_align \
-             teacher_align_s43-sasrec_text; do
+             teacher_align_s43-sasrec_text teacher_align03-sasrec_id teacher_align03-teacher_align \
+             teacher_align03-sasrec_text student_align-sasrec_id student_align-sasrec_text student_align-teacher_align \
+             student_nokd_align-teacher_align student_align-student_nokd_align student_nokd_align-sasrec_id; do
       have "${p%%-*}" && have "${p#*-}" && pairs+=("$p")
     done
     python bench/eval_parts.py table --params $LP --splits $S --parts "$PARTS"/*.pt \
