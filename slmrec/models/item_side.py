@@ -215,9 +215,11 @@ FUSIONS: dict[str, Callable[[int, TextInputs], nn.Module]] = {
 
 
 class IdTextSide(nn.Module):
-    """id_dropout: in training, each step reads a random share of the items through their text alone (their
+    """id_dropout: in training, each call reads a random share of the items through their text alone (their
     ID vector zeroed, not rescaled: an item read by its text alone is what a cold item is at evaluation), so
-    the text map has to carry those items; evaluation reads every ID vector. text_warmup: the first share of
+    the text map has to carry those items; evaluation reads every ID vector. The mask is drawn per call, not
+    per step: an LLM step reads the table twice (input side, scoring side), so an item can be dropped on one
+    side and kept on the other within a step (every committed ID-dropout run trained so). text_warmup: the first share of
     the training steps (`set_progress`, from fit) reads every item by its text alone."""
 
     def __init__(self, d_id: int, text: TextInputs, fusion: str, id_dropout: float = 0.0, align: str = "none",
