@@ -219,8 +219,8 @@ class IdTextSide(nn.Module):
     ID vector zeroed, not rescaled: an item read by its text alone is what a cold item is at evaluation), so
     the text map has to carry those items; evaluation reads every ID vector. The mask is drawn per call, not
     per step: an LLM step reads the table twice (input side, scoring side), so an item can be dropped on one
-    side and kept on the other within a step (every committed ID-dropout run trained so). text_warmup: the first share of
-    the training steps (`set_progress`, from fit) reads every item by its text alone."""
+    side and kept on the other within a step (every committed ID-dropout run trained so). text_warmup: the
+    first share of the training steps (`set_progress`, from fit) reads every item by its text alone."""
 
     def __init__(self, d_id: int, text: TextInputs, fusion: str, id_dropout: float = 0.0, align: str = "none",
                  align_weight: float = 0.0, text_warmup: float = 0.0):  # fmt: skip
