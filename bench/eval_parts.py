@@ -137,18 +137,19 @@ def seeds(args: argparse.Namespace) -> None:
         per_seed = [per_user_metric(parts[p]["result"].ranks, args.metric) for p in paths.split(",")]
         return np.mean(per_seed, axis=0)  # (U,)
 
+    n_boot = args.resamples or params.eval.bootstrap
     rows = []
     for (a, pa), (b, pb) in specs:
         va, vb = mean_over_seeds(pa), mean_over_seeds(pb)
         d = va - vb  # (U,)
-        ci = bootstrap_mean_ci(d, params.eval.bootstrap, params.eval.seed)
+        ci = bootstrap_mean_ci(d, n_boot, params.eval.seed)
         lo, hi = ci["lo"], ci["hi"]
         star = " *" if lo > 0 or hi < 0 else ""
         rows.append(f"| {a} − {b} | {va.mean():.4f} | {vb.mean():.4f} | {d.mean():+.4f} [{lo:+.4f}, {hi:+.4f}]{star} |")
     first = next(iter(parts.values()))
     print(f"Protocol: {protocol_text(params.eval)}; split {first['split']}; {first['result'].n_users} users; dataset "
           f"hash {str(first.get('dataset_hash'))[:12]}; each user's {args.metric} averaged over a model's seeds, "
-          f"then paired bootstrap over users, {params.eval.bootstrap} resamples, seed {params.eval.seed}; "
+          f"then paired bootstrap over users, {n_boot} resamples, seed {params.eval.seed}; "
           "* = CI excludes 0.\n")
     print(f"| comparison ({args.metric}, per-user mean over seeds) | a | b | a − b, 95% CI |\n|---|---|---|---|")
     print("\n".join(rows))
@@ -205,6 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--metric", default="ndcg@10")
     d.add_argument("--pair", action="append", required=True,
                    help="A=part,part:B=part,part (the parts of one model = its seeds, same users)")
+    d.add_argument("--resamples", type=int, default=None,
+                   help="bootstrap resamples (default: eval.bootstrap of --params); more steadies a CI end near 0")
     b = sub.add_parser("buckets")
     b.add_argument("--params", required=True)
     b.add_argument("--splits", required=True)

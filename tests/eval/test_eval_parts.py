@@ -115,3 +115,27 @@ def test_buckets_group_users_by_their_targets_training_count(tmp_path, capsys):
     third = 1 / np.log2(4)  # NDCG@10 of rank 3
     assert rows == [f"| 2–2 | 6 | 0.0000 | {third:.4f} | {-third:+.4f} [{-third:+.4f}, {-third:+.4f}] * |",
                     f"| 6–6 | 6 | 1.0000 | {third:.4f} | {1 - third:+.4f} [{1 - third:+.4f}, {1 - third:+.4f}] * |"]
+
+
+def test_seeds_average_each_users_metric_over_a_models_seeds(tmp_path, capsys):
+    """`seeds`: a model's parts (its seeds) averaged per user, then a − b bootstrapped over users. Seeds that rank
+    every target 1st and 2nd average to (1 + 1/log2 3) / 2 in NDCG@10; against a model ranking it 11th (0) the
+    difference is that value for every user, so the interval is that point; --resamples names its count."""
+    import pickle
+
+    from slmrec.eval.evaluator import EvalResult
+
+    parts = {}
+    for name, rank in (("a1", 1), ("a2", 2), ("b", 11)):
+        res = EvalResult(metrics={}, ranks=np.full(10, rank), sampled_metrics=None, sampled_ranks=None, n_users=10,
+                         users_per_s=1.0, latency_ms=1.0, batch_size=8, protocol={})
+        parts[name] = tmp_path / f"{name}.pt"
+        parts[name].write_bytes(pickle.dumps({"name": name, "model_dir": "-", "split": "test",
+                                              "dataset_hash": "h", "result": res}))
+    (tmp_path / "params.yaml").write_text("eval: {bootstrap: 50}\n")
+    eval_parts().main(["seeds", "--params", str(tmp_path / "params.yaml"), "--resamples", "7",
+                       "--pair", f"a={parts['a1']},{parts['a2']}:b={parts['b']}"])
+    out = capsys.readouterr().out
+    mean = (1 + 1 / np.log2(3)) / 2
+    assert f"| a − b | {mean:.4f} | 0.0000 | {mean:+.4f} [{mean:+.4f}, {mean:+.4f}] * |" in out
+    assert "7 resamples" in out
