@@ -6,8 +6,9 @@
 #   bench/text_llm.sh DS fusion [F..]  the teacher with each other fusion (gated, concat, whiten = whitened sum,
 #                                iddrop = sum with llm.item_id_dropout 0.2; on Beauty also, each over iddrop:
 #                                count = count-gated fusion, align = llm.item_align infonce, warm = llm.text_warmup
-#                                0.25, iddrop05 = item_id_dropout 0.5, align03 = align with weight 0.3; default gated
-#                                concat whiten), validation only
+#                                0.25, iddrop05 = item_id_dropout 0.5, align03 = align with weight 0.3,
+#                                align03_s43 / align03_s44 = align03 with seeds 43 / 44; default gated concat
+#                                whiten), validation only
 #   bench/text_llm.sh DS over_id F  the teacher of params ${DS}_llm_F.yaml over the ID SASRec's table (not SASRec
 #                                id+text's), validation only (e.g. idcount: count-gated fusion, ID dropout)
 #   bench/text_llm.sh DS fusion_test F  the fusion teacher F that validation chose, scored on test
@@ -127,7 +128,12 @@ case "${1:?llm | long | seed | sasrec | teacher_id | fusion | over_id | fusion_t
              teacher_align-sasrec_text teacher_align_s43-sasrec_id teacher_align_s43-teacher_align \
              teacher_align_s43-sasrec_text teacher_align03-sasrec_id teacher_align03-teacher_align \
              teacher_align03-sasrec_text student_align-sasrec_id student_align-sasrec_text student_align-teacher_align \
-             student_nokd_align-teacher_align student_align-student_nokd_align student_nokd_align-sasrec_id; do
+             student_nokd_align-teacher_align student_align-student_nokd_align student_nokd_align-sasrec_id \
+             teacher_align03_s43-sasrec_id teacher_align03_s43-teacher_align03 teacher_align03_s43-sasrec_text \
+             teacher_align03_s44-sasrec_id teacher_align03_s44-teacher_align03 teacher_align03_s44-sasrec_text \
+             student_align03-sasrec_id student_align03-teacher_align03 student_nokd_align03-teacher_align03 \
+             student_align03-student_nokd_align03 student_nokd_align03-sasrec_id sasrec_id_s43-sasrec_id \
+             teacher_align03-sasrec_id_s43; do
       have "${p%%-*}" && have "${p#*-}" && pairs+=("$p")
     done
     python bench/eval_parts.py table --params $LP --splits $S --parts "$PARTS"/*.pt \
