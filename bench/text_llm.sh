@@ -133,7 +133,7 @@ case "${1:?llm | long | seed | sasrec | teacher_id | fusion | over_id | fusion_t
              teacher_align03_s44-sasrec_id teacher_align03_s44-teacher_align03 teacher_align03_s44-sasrec_text \
              student_align03-sasrec_id student_align03-teacher_align03 student_nokd_align03-teacher_align03 \
              student_align03-student_nokd_align03 student_nokd_align03-sasrec_id sasrec_id_s43-sasrec_id \
-             teacher_align03-sasrec_id_s43; do
+             teacher_align03-sasrec_id_s43 sasrec_id_s44-sasrec_id teacher_align03-sasrec_id_s44; do
       have "${p%%-*}" && have "${p#*-}" && pairs+=("$p")
     done
     python bench/eval_parts.py table --params $LP --splits $S --parts "$PARTS"/*.pt \
