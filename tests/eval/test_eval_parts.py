@@ -25,6 +25,20 @@ def eval_parts():
     return module
 
 
+def write_part(path, name, ranks, dataset_hash):
+    """A scored part as `eval_parts.py score` writes it: the model's per-user test ranks (U,)."""
+    import pickle
+
+    from slmrec.eval.evaluator import EvalResult
+    from slmrec.eval.metrics import compute_metrics
+
+    res = EvalResult(metrics=compute_metrics(ranks), ranks=ranks, sampled_metrics=None, sampled_ranks=None,
+                     n_users=len(ranks), users_per_s=1.0, latency_ms=1.0, batch_size=8, protocol={})
+    path.write_bytes(pickle.dumps({"name": name, "model_dir": "-", "split": "test", "dataset_hash": dataset_hash,
+                                   "result": res}))
+    return str(path)
+
+
 def test_length_ordered_evaluation_gives_the_ranks_of_split_order():
     rng = random.Random(0)
     pairs = [([rng.randint(1, N_ITEMS) for _ in range(rng.randint(1, 12))], rng.randint(1, N_ITEMS)) for _ in range(40)]
@@ -47,27 +61,17 @@ def test_table_compares_the_pairs_asked_for_with_paired_intervals(tmp_path):
     """`table --compare a-b`: a − b per user, paired; a model that always ranks the target 1st against one that
     ranks it 11th differs by exactly 1 in NDCG@10 and HR@10 for every user (so the whole interval is 1)."""
     import json
-    import pickle
 
     from snapshots import write_snapshot
     from slmrec.config import SequenceConfig
     from slmrec.data.sequences import build_splits, load_splits
-    from slmrec.eval.evaluator import EvalResult
-    from slmrec.eval.metrics import compute_metrics
 
     rows = [(f"u{u}", f"i{(u + k) % 9}", k) for u in range(12) for k in range(6)]
     build_splits(write_snapshot(tmp_path / "snap", rows), SequenceConfig(k_core=0, out_dir=str(tmp_path / "splits")))
     splits = load_splits(tmp_path / "splits")
     n = len(splits.test)
-    parts = []
-    for name, rank in (("first", 1), ("eleventh", 11), ("third", 3)):
-        res = EvalResult(metrics={}, ranks=np.full(n, rank), sampled_metrics=None, sampled_ranks=None, n_users=n,
-                         users_per_s=1.0, latency_ms=1.0, batch_size=8, protocol={})
-        res.metrics = compute_metrics(res.ranks)
-        path = tmp_path / f"{name}.pt"
-        path.write_bytes(pickle.dumps({"name": name, "model_dir": "-", "split": "test",
-                                       "dataset_hash": splits.dataset_hash, "result": res}))
-        parts.append(str(path))
+    parts = [write_part(tmp_path / f"{name}.pt", name, np.full(n, rank), splits.dataset_hash)
+             for name, rank in (("first", 1), ("eleventh", 11), ("third", 3))]
     (tmp_path / "params.yaml").write_text("eval: {bootstrap: 50}\n")
     common = ["table", "--params", str(tmp_path / "params.yaml"), "--splits", str(tmp_path / "splits"), "--parts",
               *parts, "--out", str(tmp_path / "m.json"), "--table", str(tmp_path / "t.md")]
@@ -84,12 +88,9 @@ def test_table_compares_the_pairs_asked_for_with_paired_intervals(tmp_path):
 def test_buckets_group_users_by_their_targets_training_count(tmp_path, capsys):
     """`buckets`: users grouped by how often their test target occurs in the training sequences; a model that
     ranks the popular targets 1st and the rare ones 11th shows NDCG@10 1 in the top group, 0 in the bottom one."""
-    import pickle
-
     from snapshots import write_snapshot
     from slmrec.config import SequenceConfig
     from slmrec.data.sequences import build_splits, load_splits
-    from slmrec.eval.evaluator import EvalResult
 
     # users 0-5 end on h, which 6 training sequences hold; users 6-11 end on r, which 2 hold
     seqs = [["x1", "x2", "x3", "r" if u < 2 else "x4", "v", "h"] for u in range(6)]
@@ -100,14 +101,8 @@ def test_buckets_group_users_by_their_targets_training_count(tmp_path, capsys):
     counts = np.bincount([i for seq in splits.train for i in seq], minlength=splits.n_items + 1)
     popular = counts[[t for _, t in splits.test]] == 6  # (U,)
     assert popular.sum() == 6 and sorted(set(counts[[t for _, t in splits.test]])) == [2, 6]
-    parts = []
-    for name, ranks in (("popfirst", np.where(popular, 1, 11)), ("third", np.full(len(popular), 3))):
-        path = tmp_path / f"{name}.pt"
-        res = EvalResult(metrics={}, ranks=ranks, sampled_metrics=None, sampled_ranks=None, n_users=len(ranks),
-                         users_per_s=1.0, latency_ms=1.0, batch_size=8, protocol={})
-        path.write_bytes(pickle.dumps({"name": name, "model_dir": "-", "split": "test",
-                                       "dataset_hash": splits.dataset_hash, "result": res}))
-        parts.append(str(path))
+    parts = [write_part(tmp_path / f"{name}.pt", name, ranks, splits.dataset_hash)
+             for name, ranks in (("popfirst", np.where(popular, 1, 11)), ("third", np.full(len(popular), 3)))]
     (tmp_path / "params.yaml").write_text("eval: {bootstrap: 50}\n")
     eval_parts().main(["buckets", "--params", str(tmp_path / "params.yaml"), "--splits", str(tmp_path / "splits"),
                        "--parts", *parts, "--compare", "popfirst-third", "--groups", "2"])
@@ -121,17 +116,8 @@ def test_seeds_average_each_users_metric_over_a_models_seeds(tmp_path, capsys):
     """`seeds`: a model's parts (its seeds) averaged per user, then a − b bootstrapped over users. Seeds that rank
     every target 1st and 2nd average to (1 + 1/log2 3) / 2 in NDCG@10; against a model ranking it 11th (0) the
     difference is that value for every user, so the interval is that point; --resamples names its count."""
-    import pickle
-
-    from slmrec.eval.evaluator import EvalResult
-
-    parts = {}
-    for name, rank in (("a1", 1), ("a2", 2), ("b", 11)):
-        res = EvalResult(metrics={}, ranks=np.full(10, rank), sampled_metrics=None, sampled_ranks=None, n_users=10,
-                         users_per_s=1.0, latency_ms=1.0, batch_size=8, protocol={})
-        parts[name] = tmp_path / f"{name}.pt"
-        parts[name].write_bytes(pickle.dumps({"name": name, "model_dir": "-", "split": "test",
-                                              "dataset_hash": "h", "result": res}))
+    parts = {name: write_part(tmp_path / f"{name}.pt", name, np.full(10, rank), "h")
+             for name, rank in (("a1", 1), ("a2", 2), ("b", 11))}
     (tmp_path / "params.yaml").write_text("eval: {bootstrap: 50}\n")
     eval_parts().main(["seeds", "--params", str(tmp_path / "params.yaml"), "--resamples", "7",
                        "--pair", f"a={parts['a1']},{parts['a2']}:b={parts['b']}"])
