@@ -137,7 +137,9 @@ def seeds(args: argparse.Namespace) -> None:
         per_seed = [per_user_metric(parts[p]["result"].ranks, args.metric) for p in paths.split(",")]
         return np.mean(per_seed, axis=0)  # (U,)
 
-    n_boot = args.resamples or params.eval.bootstrap
+    n_boot = params.eval.bootstrap if args.resamples is None else args.resamples
+    if n_boot < 1:
+        raise SystemExit(f"eval_parts: --resamples must be at least 1, got {n_boot}")
     rows = []
     for (a, pa), (b, pb) in specs:
         va, vb = mean_over_seeds(pa), mean_over_seeds(pb)

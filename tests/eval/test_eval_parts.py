@@ -125,3 +125,6 @@ def test_seeds_average_each_users_metric_over_a_models_seeds(tmp_path, capsys):
     mean = (1 + 1 / np.log2(3)) / 2
     assert f"| a − b | {mean:.4f} | 0.0000 | {mean:+.4f} [{mean:+.4f}, {mean:+.4f}] * |" in out
     assert "7 resamples" in out
+    with pytest.raises(SystemExit, match="--resamples must be at least 1"):
+        eval_parts().main(["seeds", "--params", str(tmp_path / "params.yaml"), "--resamples", "0",
+                           "--pair", f"a={parts['a1']}:b={parts['b']}"])
